@@ -1,0 +1,333 @@
+"""Frame sources (Pi camera, V4L2, RTSP/HTTP, GStreamer, video file, image folder) and the capture thread."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import cv2
+import numpy as np
+
+from daemon.config import SAMPLE_CLIP, SourceConfig
+from daemon.handoff import LatestSlot
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpg", ".mjpeg"}
+
+
+class SourceError(Exception):
+    """The source cannot be opened or read; the message names it."""
+
+
+@dataclass
+class Frame:
+    frame_id: int
+    image: np.ndarray
+    captured_at: float  # Unix seconds, when the frame was read
+    t_capture: float  # perf_counter at capture, for latency
+    capture_ms: float = 0.0
+    prepared: Any = None  # what the capture thread's prepare() made of it (model tensor + letterbox)
+    prepare_ms: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+
+class Source:
+    """Something frames are read from; read() returns a BGR image or raises SourceError."""
+
+    description = "source"
+    native_fps: float = 0.0
+    finite = False  # files end; cameras don't
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OpenCvSource(Source):
+    """Anything cv2.VideoCapture opens: V4L2 devices, RTSP/HTTP streams, GStreamer pipelines, video files."""
+
+    def __init__(self, target, api: int = cv2.CAP_ANY, width: int = 0, height: int = 0, fps: float = 0.0,
+                 finite: bool = False, description: str = ""):
+        self.target, self.api = target, api
+        self.width, self.height, self.want_fps = width, height, fps
+        self.finite = finite
+        self.description = description or str(target)
+        self.cap: Optional[cv2.VideoCapture] = None
+
+    def open(self) -> None:
+        if self.finite and not Path(str(self.target)).is_file():
+            raise SourceError(f"video file not found: {self.target}")
+        cap = cv2.VideoCapture(self.target, self.api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self.description}")
+        if self.width and self.height:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        if self.want_fps and not self.finite:
+            cap.set(cv2.CAP_PROP_FPS, self.want_fps)
+        if not self.finite:
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # cameras: keep the driver from queueing stale frames
+        self.native_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.cap = cap
+
+    def read(self) -> np.ndarray:
+        if self.cap is None:
+            raise SourceError(f"{self.description} is not open")
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            raise SourceError(f"end of stream or read failure on {self.description}")
+        return frame
+
+    def rewind(self) -> bool:
+        return bool(self.cap is not None and self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class ImageFolderSource(Source):
+    """Images of a folder (or one image) in name order, decoded one by one."""
+
+    finite = True
+
+    def __init__(self, path: Path, fps: float):
+        self.path = Path(path)
+        self.native_fps = fps or 2.0
+        self.description = f"image folder {self.path}"
+        self.files: list[Path] = []
+        self.index = 0
+
+    def open(self) -> None:
+        if self.path.is_file():
+            self.files = [self.path]
+        elif self.path.is_dir():
+            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise SourceError(f"image path not found: {self.path}")
+        if not self.files:
+            raise SourceError(f"no images in {self.path}")
+        self.index = 0
+
+    def read(self) -> np.ndarray:
+        if self.index >= len(self.files):
+            raise SourceError(f"end of {self.description}")
+        path = self.files[self.index]
+        self.index += 1
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SourceError(f"cannot decode image {path}")
+        return image
+
+    def rewind(self) -> bool:
+        self.index = 0
+        return True
+
+
+class Picamera2Source(Source):
+    """Raspberry Pi CSI camera through picamera2 (imported only when this source is used)."""
+
+    def __init__(self, width: int, height: int, fps: float):
+        self.size = (width or 1280, height or 720)
+        self.native_fps = fps or 30.0
+        self.description = f"picamera2 {self.size[0]}x{self.size[1]}"
+        self.cam = None
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError as exc:
+            raise SourceError(f"picamera2 is not installed: {exc}") from None
+        try:
+            cam = Picamera2()
+            config = cam.create_video_configuration(main={"size": self.size, "format": "RGB888"},
+                                                    controls={"FrameRate": self.native_fps}, buffer_count=2)
+            cam.configure(config)
+            cam.start()
+        except Exception as exc:  # libcamera raises plain RuntimeError/IndexError when no camera is attached
+            raise SourceError(f"cannot start the Pi camera: {exc}") from None
+        self.cam = cam
+
+    def read(self) -> np.ndarray:
+        try:
+            # picamera2's "RGB888" is BGR byte order in memory, which is what OpenCV expects.
+            return self.cam.capture_array("main")
+        except Exception as exc:
+            raise SourceError(f"Pi camera read failed: {exc}") from None
+
+    def close(self) -> None:
+        if self.cam is not None:
+            try:
+                self.cam.stop()
+                self.cam.close()
+            finally:
+                self.cam = None
+
+
+def pi_camera_present() -> bool:
+    try:
+        from picamera2 import Picamera2
+    except ImportError:
+        return False
+    try:
+        return bool(Picamera2.global_camera_info())
+    except Exception:
+        return False
+
+
+def resolve_auto(cfg: SourceConfig) -> str:
+    """auto → the Pi camera if present, else the first /dev/video* that opens, else the bundled sample clip."""
+    if pi_camera_present():
+        return "picamera2"
+    for dev in sorted(glob.glob("/dev/video*"), key=lambda d: int("".join(c for c in d if c.isdigit()) or 0)):
+        cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+        ok = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if ok:
+            return dev
+    return str(SAMPLE_CLIP)
+
+
+def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:
+    """Build the source a URI names (see config/ripeye.yaml for the forms)."""
+    uri = (uri or cfg.uri).strip()
+    if uri == "auto":
+        uri = resolve_auto(cfg)
+    if uri == "sample":
+        uri = str(SAMPLE_CLIP)
+    if uri.startswith("picamera2"):
+        return Picamera2Source(cfg.width, cfg.height, cfg.fps)
+    if "!" in uri:
+        return OpenCvSource(uri, cv2.CAP_GSTREAMER, description=f"GStreamer pipeline '{uri[:60]}'")
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        target = int(uri) if uri.isdigit() else uri
+        return OpenCvSource(target, cv2.CAP_V4L2, cfg.width, cfg.height, cfg.fps, description=f"camera {uri}")
+    if "://" in uri and not uri.startswith("file://"):
+        return OpenCvSource(uri, cv2.CAP_FFMPEG, description=f"stream {uri.split('@')[-1]}")
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFolderSource(path, cfg.fps)
+    return OpenCvSource(str(path), cv2.CAP_FFMPEG, finite=True, description=f"video file {path}")
+
+
+class CaptureThread(threading.Thread):
+    """Reads frames into a LatestSlot, reconnecting with exponential backoff; never blocks the pipeline."""
+
+    def __init__(self, cfg: SourceConfig, slot: LatestSlot, prepare: Optional[Callable] = None,
+                 on_error: Optional[Callable[[str], None]] = None, on_recover: Optional[Callable[[], None]] = None):
+        super().__init__(name="capture", daemon=True)
+        self.cfg = cfg
+        self.slot = slot
+        self.prepare = prepare
+        self.on_error = on_error or (lambda msg: None)
+        self.on_recover = on_recover or (lambda: None)
+        self.stop_event = threading.Event()
+        self.frame_count = 0
+        self.read_failures = 0
+        self.reconnects = 0
+        self.state = "starting"
+        self.last_error = ""
+        self.description = ""
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        return self.stop_event.wait(seconds)
+
+    def run(self) -> None:
+        backoff = self.cfg.reconnect_initial_s
+        source: Optional[Source] = None
+        while not self.stop_event.is_set():
+            if source is None:
+                try:
+                    source = make_source(self.cfg)
+                    self.description = source.description
+                    source.open()
+                    if self.state in ("failed", "reconnecting"):
+                        self.reconnects += 1
+                        self.on_recover()
+                    self.state = "running"
+                    backoff = self.cfg.reconnect_initial_s
+                    log.info("capture: opened %s (%.1f fps)", source.description, source.native_fps)
+                except SourceError as exc:
+                    source = None
+                    self._fail(str(exc), backoff)
+                    if self._sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+                    continue
+            self._stream(source)
+            if self.stop_event.is_set():
+                break
+            # _stream returned: the source failed or ended without looping.
+            source.close()
+            source = None
+            if self._sleep(backoff):
+                break
+            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+        if source is not None:
+            source.close()
+        self.state = "stopped"
+
+    def _fail(self, message: str, retry_in: float) -> None:
+        self.read_failures += 1
+        self.state = "reconnecting"
+        self.last_error = message
+        log.warning("capture: %s; retrying in %.1f s", message, retry_in)
+        self.on_error(message)
+
+    def _stream(self, source: Source) -> None:
+        fps = self.cfg.fps or (source.native_fps if source.finite and self.cfg.realtime else 0.0)
+        period = 1.0 / fps if fps > 0 else 0.0
+        next_due = time.perf_counter()
+        while not self.stop_event.is_set():
+            t0 = time.perf_counter()
+            try:
+                image = source.read()
+            except SourceError as exc:
+                if source.finite and self.cfg.loop and getattr(source, "rewind", None) and source.rewind():
+                    try:
+                        image = source.read()
+                    except SourceError as exc2:
+                        self._fail(str(exc2), self.cfg.reconnect_initial_s)
+                        return
+                else:
+                    if source.finite and not self.cfg.loop:
+                        self.state = "ended"
+                        log.info("capture: %s ended", source.description)
+                        self.stop_event.wait()
+                        return
+                    self._fail(str(exc), self.cfg.reconnect_initial_s)
+                    return
+            t1 = time.perf_counter()
+            self.frame_count += 1
+            frame = Frame(self.frame_count, image, time.time(), t0, capture_ms=(t1 - t0) * 1000)
+            if self.prepare is not None:
+                frame.prepared = self.prepare(image)
+                frame.prepare_ms = (time.perf_counter() - t1) * 1000
+            # Files in non-realtime mode wait for the consumer (lossless benchmark); live sources never wait.
+            self.slot.put(frame, wait=source.finite and not self.cfg.realtime, timeout=1.0)
+            if period:
+                next_due += period
+                delay = next_due - time.perf_counter()
+                if delay > 0:
+                    if self._sleep(delay):
+                        return
+                else:
+                    next_due = time.perf_counter()

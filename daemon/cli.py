@@ -1,0 +1,162 @@
+"""The `ripeye` command line: run, detect, doctor, config check, train, eval, optimize, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from daemon import __version__
+from daemon.config import DEFAULT_MODEL_DIR, ConfigError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args) -> int:
+    from daemon import config
+    from daemon.pipeline import Daemon
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        print(f"ripeye: invalid config\n{exc}", file=sys.stderr)
+        return 2
+    overrides = {}
+    if args.source:
+        overrides["source"] = {**cfg.source.model_dump(), "uri": args.source}
+    if args.model:
+        overrides["model"] = {**cfg.model.model_dump(), "path": args.model}
+    if args.backend:
+        overrides["runtime"] = {**cfg.runtime.model_dump(), "backend": args.backend}
+    if overrides:
+        try:
+            cfg = config.validate({**cfg.model_dump(), **overrides}, "command line")
+        except ConfigError as exc:
+            print(f"ripeye: {exc}", file=sys.stderr)
+            return 2
+    _setup_logging(args.log_level or cfg.log.level)
+    return Daemon(cfg, args.config).run_forever()
+
+
+def _image_paths(paths: list[str]) -> list[Path]:
+    from daemon.capture import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_detect(args) -> int:
+    import cv2
+
+    from daemon.detector import NoUsableBackend, load_detector
+    from daemon.runtimes.base import RuntimeOptions
+
+    _setup_logging(args.log_level or "WARNING")
+    try:
+        detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads))
+    except (NoUsableBackend, FileNotFoundError, ValueError) as exc:
+        print(f"ripeye detect: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    for path in _image_paths(args.paths):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"ripeye detect: cannot read image {path}", file=sys.stderr)
+            status = 1
+            continue
+        dets = detector.detect(image, args.conf, args.iou)
+        h, w = image.shape[:2]
+        if args.json:
+            print(json.dumps({"image": str(path), "width": w, "height": h,
+                              "detections": [d.to_json(w, h) for d in dets]}), flush=True)
+        else:
+            counts: dict[str, int] = {}
+            for d in dets:
+                counts[d.class_name] = counts.get(d.class_name, 0) + 1
+            summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "nothing"
+            print(f"{path}: {summary}")
+    return status
+
+
+def cmd_doctor(args) -> int:
+    from daemon import doctor
+
+    return doctor.main(args)
+
+
+def cmd_config_check(args) -> int:
+    from daemon import config
+
+    try:
+        cfg = config.load(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK (device_id={cfg.device_id}, source={cfg.source.uri}, model={cfg.model.path}, "
+          f"backend={cfg.runtime.backend}, mqtt={cfg.mqtt.host}:{cfg.mqtt.port})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from daemon import train
+
+    return train.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ripeye", description="Tomato-ripeness detection daemon publishing over MQTT")
+    p.add_argument("--version", action="version", version=f"ripeye {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", default=None, help="YAML config file (default: built-in defaults)")
+    run.add_argument("--source", help="override source.uri")
+    run.add_argument("--model", help="override model.path")
+    run.add_argument("--backend", help="override runtime.backend")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    det = sub.add_parser("detect", help="detect tomatoes in images or folders")
+    det.add_argument("paths", nargs="+")
+    det.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    det.add_argument("--backend", default="auto")
+    det.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
+    det.add_argument("--conf", type=float, default=0.25)
+    det.add_argument("--iou", type=float, default=0.45)
+    det.add_argument("--threads", type=int, default=0)
+    det.add_argument("--json", action="store_true", help="one JSON line per image")
+    det.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    det.set_defaults(func=cmd_detect)
+
+    doc = sub.add_parser("doctor", help="show hardware, backends, artifacts and the choice made")
+    doc.add_argument("--config", "-c", default=None)
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    cfg = sub.add_parser("config", help="config tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    from daemon import train
+
+    tr = sub.add_parser("train", help="train and export the model (needs the `train` extra)")
+    train.add_arguments(tr)
+    tr.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

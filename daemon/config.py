@@ -1,0 +1,185 @@
+"""The typed configuration tree: pydantic models, YAML loading and error messages naming file and key path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+SAMPLE_CLIP = PACKAGE_DIR / "assets" / "sample.mp4"
+DEFAULT_MODEL_DIR = REPO_DIR / "models" / "tomato-yolo11n"
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Strict):
+    uri: str = "auto"
+    width: int = Field(0, ge=0, description="requested capture width; 0 keeps the source's own")
+    height: int = Field(0, ge=0)
+    fps: float = Field(0.0, ge=0, description="capture rate cap; 0 = the source's native rate")
+    realtime: bool = True
+    loop: bool = True
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class ModelConfig(Strict):
+    path: str = str(DEFAULT_MODEL_DIR)
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+
+
+class RuntimeConfig(Strict):
+    backend: Literal["auto", "measured", "openvino", "ncnn", "onnxruntime", "tensorrt"] = "auto"
+    threads: int = Field(0, ge=0, description="inference threads; 0 = all cores")
+    inflight: int = Field(1, ge=1, le=8, description="inference requests in flight")
+    device: str = "CPU"
+    cache_dir: str = "~/.cache/ripeye"
+    tensorrt_fp16: bool = True
+    tensorrt_int8: bool = False
+
+
+class DetectConfig(Strict):
+    confidence: float = Field(0.25, ge=0, le=1)
+    iou: float = Field(0.45, ge=0, le=1)
+    classes: list[str] = Field(default_factory=list, description="only publish these classes; empty = all")
+    max_detections: int = Field(300, ge=1)
+
+
+class MqttConfig(Strict):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = "ripeye"
+    client_id: str = ""
+    qos: int = Field(0, ge=0, le=2)
+    keepalive: int = Field(30, ge=5)
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+    password_env: Optional[str] = None
+    tls: bool = False
+    tls_ca_certs: Optional[str] = None
+    tls_client_cert: Optional[str] = None
+    tls_client_key: Optional[str] = None
+    tls_insecure: bool = False
+    outbox_size: int = Field(1000, ge=1, description="messages kept while the broker is unreachable")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be non-empty, without MQTT wildcards or leading/trailing '/'")
+        return v
+
+    def password(self) -> Optional[str]:
+        """Read the broker password from its file or environment variable (never stored in the config)."""
+        if self.password_file:
+            return Path(self.password_file).expanduser().read_text().strip()
+        if self.password_env:
+            return os.environ.get(self.password_env)
+        return None
+
+
+class StatsConfig(Strict):
+    interval_s: float = Field(10.0, gt=0)
+
+
+class LogConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(Strict):
+    device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "ripeye")
+    source: SourceConfig = SourceConfig()
+    model: ModelConfig = ModelConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    detect: DetectConfig = DetectConfig()
+    mqtt: MqttConfig = MqttConfig()
+    stats: StatsConfig = StatsConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_is_topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+/"):
+            raise ValueError("must be non-empty and contain no '/', '+' or '#'")
+        return v
+
+    def redacted(self) -> dict:
+        """The effective config as plain data, with secrets left out."""
+        data = self.model_dump()
+        for key in ("password_file", "password_env"):
+            if data["mqtt"].get(key):
+                data["mqtt"][key] = "***"
+        return data
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` holds (key path, message) pairs."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]):
+        self.file = file
+        self.problems = problems
+        lines = [f"{file}: {key}: {msg}" if key else f"{file}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def validate(data: dict, file: str = "<config>") -> Config:
+    """Validate plain data into a Config, raising ConfigError with key paths."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", f"top level must be a mapping, not {type(data).__name__}")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append((key, msg))
+        raise ConfigError(file, problems) from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(str(path), [("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}")]) from None
+
+
+def load(path: Optional[str | Path]) -> Config:
+    """Load and validate a YAML config file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    return validate(read_yaml(Path(path)), str(path))
+
+
+def merge_patch(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge-patch: dicts merge recursively, null deletes, anything else replaces."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out

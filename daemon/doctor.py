@@ -1,0 +1,90 @@
+"""`ripeye doctor`: what hardware this is, which backends load, which artifacts exist, and what would be used."""
+
+from __future__ import annotations
+
+import json
+
+from daemon import config as config_mod
+from daemon.detector import backend_chain
+from daemon.hardware import classify, cpu_temperature, probe
+from daemon.model import load_bundle
+
+
+def report(cfg) -> dict:
+    facts = probe()
+    profile = classify(facts)
+    out = {
+        "hardware": {"kind": profile.kind, "description": profile.description, "machine": facts.machine,
+                     "cpu_temperature_c": cpu_temperature()},
+        "runtimes": facts.runtimes,
+        "onnxruntime_providers": facts.ort_providers,
+        "model": {"path": cfg.model.path},
+    }
+    try:
+        bundle = load_bundle(cfg.model.path)
+        out["model"].update({"name": bundle.name, "version": bundle.version, "classes": bundle.class_names,
+                             "artifacts": [{"kind": a.kind, "precision": a.precision, "path": str(a.path),
+                                            "present": a.path.is_file(), "accepted": a.accepted,
+                                            **({"note": a.note} if a.note else {})} for a in bundle.artifacts]})
+        from pathlib import Path
+
+        chain, why = backend_chain(cfg.runtime.backend, profile, Path(cfg.runtime.cache_dir).expanduser(), bundle)
+        choice = None
+        for backend in chain:
+            if facts.runtimes.get(backend) != "ok":
+                continue
+            cands = [a for a in bundle.candidates(backend, cfg.model.precision) if a.path.is_file()]
+            if cands:
+                choice = {"backend": backend, "precision": cands[0].precision, "artifact": str(cands[0].path)}
+                break
+        out["choice"] = {"requested": cfg.runtime.backend, "chain": chain, "why": why, "would_use": choice}
+        try:
+            from daemon import tune
+
+            out["tune"] = tune.cached_winner(Path(cfg.runtime.cache_dir).expanduser(), bundle)
+        except ImportError:
+            pass
+    except (FileNotFoundError, ValueError) as exc:
+        out["model"]["error"] = str(exc)
+        out["choice"] = {"requested": cfg.runtime.backend, "chain": profile.chain, "why": "; ".join(profile.reasons),
+                         "would_use": None}
+    return out
+
+
+def main(args) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        print(str(exc))
+        return 2
+    rep = report(cfg)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    hw = rep["hardware"]
+    print(f"hardware: {hw['kind']} — {hw['description']} ({hw['machine']})"
+          + (f", CPU {hw['cpu_temperature_c']:.0f} °C" if hw["cpu_temperature_c"] is not None else ""))
+    print("runtimes:")
+    for name, state in rep["runtimes"].items():
+        print(f"  {name:12s} {state}")
+    if rep["onnxruntime_providers"]:
+        print(f"onnxruntime providers: {', '.join(rep['onnxruntime_providers'])}")
+    m = rep["model"]
+    print(f"model: {m['path']}")
+    if "error" in m:
+        print(f"  ERROR: {m['error']}")
+    else:
+        print(f"  {m['name']} version {m['version']}, classes {m['classes']}")
+        for a in m["artifacts"]:
+            state = "present" if a["present"] else "MISSING"
+            if not a["accepted"]:
+                state += ", REJECTED by the accuracy gate"
+            print(f"  {a['kind']:12s} {a['precision']:5s} {a['path']} ({state})")
+    c = rep["choice"]
+    print(f"backend: requested {c['requested']}; order {' → '.join(c['chain'])}")
+    print(f"  why: {c['why']}")
+    u = c["would_use"]
+    print(f"  would use: {u['backend']} {u['precision']} {u['artifact']}" if u else "  would use: nothing loadable")
+    if rep.get("tune"):
+        print(f"tune cache: {rep['tune']}")
+    return 0 if u else 1

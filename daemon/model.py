@@ -1,0 +1,117 @@
+"""Model bundles: a model folder's metadata, its artifacts per runtime and precision, and which one to load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+METADATA = "metadata.json"
+# Which artifact kinds each backend can load, best first.
+BACKEND_FORMATS = {
+    "openvino": ("openvino", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "tensorrt": ("onnxruntime", "onnx"),
+    "ncnn": ("ncnn",),
+}
+PRECISION_ORDER = {"auto": ("int8", "fp16", "fp32"), "fp32": ("fp32",), "fp16": ("fp16", "fp32"),
+                   "int8": ("int8",)}
+
+
+@dataclass
+class Artifact:
+    kind: str  # onnx | openvino | onnxruntime | ncnn
+    precision: str
+    path: Path
+    accepted: bool = True
+    sha256: str = ""
+    note: str = ""
+
+
+@dataclass
+class ModelBundle:
+    root: Path
+    name: str
+    class_names: list[str]
+    input_size: tuple[int, int]
+    version: str
+    artifacts: list[Artifact] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def candidates(self, backend: str, precision: str = "auto") -> list[Artifact]:
+        """Artifacts this backend can load for the wanted precision, in order of preference; rejected ones never."""
+        kinds = BACKEND_FORMATS.get(backend, ())
+        order = PRECISION_ORDER[precision]
+        if backend == "tensorrt" and precision == "auto":
+            order = ("fp32", "int8")  # the FP32 ONNX built as FP16 engine is TensorRT's safe default
+        found = [a for a in self.artifacts if a.accepted and a.kind in kinds and a.precision in order]
+        return sorted(found, key=lambda a: (order.index(a.precision), kinds.index(a.kind)))
+
+    def rejected(self) -> list[Artifact]:
+        return [a for a in self.artifacts if not a.accepted]
+
+
+def file_hash(path: Path, length: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def _kind_for_file(path: Path) -> Optional[str]:
+    return {".xml": "openvino", ".param": "ncnn", ".onnx": "onnx"}.get(path.suffix)
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Read a model folder (metadata.json, optional manifest.json) or a single artifact file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path not found: {path}")
+    root = path if path.is_dir() else path.parent
+    meta_file = root / METADATA
+    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    artifacts: list[Artifact] = []
+    manifest_file = root / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    if path.is_dir():
+        source = root / "model.onnx"
+        if source.is_file():
+            artifacts.append(Artifact("onnx", "fp32", source))
+        for entry in manifest.get("artifacts", []):
+            artifacts.append(Artifact(
+                kind=entry["runtime"] if entry["runtime"] != "tensorrt" else "onnxruntime",
+                precision=entry["precision"],
+                path=root / entry["files"][0],
+                accepted=bool(entry.get("accepted", True)),
+                sha256=entry.get("sha256", ""),
+                note=entry.get("note", ""),
+            ))
+        if not artifacts:
+            raise FileNotFoundError(f"no model artifacts in {root} (expected model.onnx or {MANIFEST})")
+    else:
+        kind = _kind_for_file(path)
+        if kind is None:
+            raise ValueError(f"unsupported model file type: {path} (use .onnx, .xml or .param)")
+        entry = next((e for e in manifest.get("artifacts", []) if root / e["files"][0] == path), None)
+        precision = entry["precision"] if entry else "fp32"
+        if entry and entry.get("runtime") == "onnxruntime":
+            kind = "onnxruntime"
+        accepted = bool(entry.get("accepted", True)) if entry else True
+        artifacts.append(Artifact(kind, precision, path, accepted))
+        if kind == "onnx":  # an ONNX file is also what the ORT/TensorRT backends load
+            pass
+    names = metadata.get("class_names") or []
+    size = tuple(metadata.get("input_size") or (640, 640))
+    source = root / "model.onnx"
+    version = metadata.get("sources", {}).get("model.onnx", "")[:12] or (
+        file_hash(source) if source.is_file() else file_hash(artifacts[0].path) if artifacts[0].path.is_file() else "")
+    return ModelBundle(root=root, name=metadata.get("name", root.name if path.is_dir() else path.stem),
+                       class_names=list(names), input_size=(int(size[0]), int(size[1])), version=version,
+                       artifacts=artifacts, metadata=metadata)

@@ -1,0 +1,169 @@
+"""The MQTT link (paho-mqtt 2.x): last will, non-blocking connect, reconnect with backoff, bounded outbox."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paho.mqtt.client as mqtt
+
+from daemon.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    droppable: bool  # detections may be dropped when the outbox is full; status/errors are kept longer
+
+
+def encode(payload) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class Outbox:
+    """Messages waiting for the broker; when full, the oldest droppable message goes first."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: deque[Outgoing] = deque()
+        self.dropped = 0
+        self.lock = threading.Lock()
+
+    def add(self, msg: Outgoing) -> None:
+        with self.lock:
+            if len(self.items) >= self.size:
+                victim = next((m for m in self.items if m.droppable), self.items[0])
+                self.items.remove(victim)
+                self.dropped += 1
+            self.items.append(msg)
+
+    def drain(self) -> list[Outgoing]:
+        with self.lock:
+            out = list(self.items)
+            self.items.clear()
+            return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class MqttLink:
+    """One connection to the broker for the daemon: publishes under <prefix>/<device_id>/, receives commands."""
+
+    def __init__(self, cfg: MqttConfig, device_id: str,
+                 on_message: Optional[Callable[[str, bytes, object], None]] = None,
+                 on_connected: Optional[Callable[[], None]] = None):
+        self.cfg = cfg
+        self.base = f"{cfg.topic_prefix}/{device_id}"
+        self.on_message_cb = on_message
+        self.on_connected_cb = on_connected
+        self.connected = threading.Event()
+        self.outbox = Outbox(cfg.outbox_size)
+        self.connects = 0
+        self.disconnects = 0
+        self.published = 0
+        self.subscriptions: list[str] = [f"{self.base}/cmd/+"]
+        client_id = cfg.client_id or f"ripeye-{device_id}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, reconnect_on_failure=True)
+        self.client.will_set(self.topic("status"), "offline", qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=int(cfg.reconnect_max_s))
+        self.client.max_queued_messages_set(cfg.outbox_size)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password())
+        if cfg.tls or cfg.tls_ca_certs:
+            self.client.tls_set(ca_certs=cfg.tls_ca_certs, certfile=cfg.tls_client_cert, keyfile=cfg.tls_client_key,
+                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self.client.tls_insecure_set(cfg.tls_insecure)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
+
+    def start(self) -> None:
+        """Connect in the background: a dead broker never blocks the caller."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish `offline` ourselves (a clean exit sends no will), then disconnect."""
+        if self.connected.is_set():
+            info = self.client.publish(self.topic("status"), "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, suffix: str, payload, qos: int = 0, retain: bool = False, droppable: bool = True) -> None:
+        msg = Outgoing(self.topic(suffix), encode(payload), qos, retain, droppable)
+        if not self.connected.is_set():
+            self.outbox.add(msg)
+            return
+        self._send(msg)
+
+    def _send(self, msg: Outgoing) -> None:
+        info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self.published += 1
+        elif info.rc == mqtt.MQTT_ERR_NO_CONN:
+            self.outbox.add(msg)
+        else:
+            self.outbox.dropped += 1
+
+    def subscribe(self, suffix: str) -> None:
+        topic = self.topic(suffix)
+        if topic not in self.subscriptions:
+            self.subscriptions.append(topic)
+            if self.connected.is_set():
+                self.client.subscribe(topic, qos=1)
+
+    # paho callbacks run on paho's network thread
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            return
+        self.connects += 1
+        log.info("mqtt: connected to %s:%s", self.cfg.host, self.cfg.port)
+        client.publish(self.topic("status"), "online", qos=1, retain=True)
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        for msg in self.outbox.drain():
+            self._send(msg)
+        if self.on_connected_cb:
+            try:
+                self.on_connected_cb()
+            except Exception:  # a callback bug must not kill paho's network thread
+                log.exception("mqtt: on_connected callback failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        if self.connected.is_set():
+            self.disconnects += 1
+            log.warning("mqtt: lost the broker (%s); reconnecting in the background", reason_code)
+        self.connected.clear()
+
+    def _on_message(self, client, userdata, message):
+        if self.on_message_cb is None:
+            return
+        try:
+            self.on_message_cb(message.topic, message.payload, getattr(message, "properties", None))
+        except Exception:
+            log.exception("mqtt: handling a message on %s failed", message.topic)

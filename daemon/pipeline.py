@@ -1,0 +1,327 @@
+"""The one place the daemon is wired: capture → inference → output over MQTT, live config, commands, shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from daemon import __version__, config as config_mod
+from daemon.capture import CaptureThread, Frame
+from daemon.config import Config, ConfigError
+from daemon.detector import Detector, NoUsableBackend, load_detector
+from daemon.handoff import LatestSlot
+from daemon.hardware import cpu_temperature
+from daemon.mqtt import MqttLink
+from daemon.runtimes.base import RuntimeOptions
+from daemon.stats import StageTimes
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+def runtime_options(cfg: Config) -> RuntimeOptions:
+    r = cfg.runtime
+    return RuntimeOptions(threads=r.threads, inflight=r.inflight, device=r.device,
+                          cache_dir=Path(r.cache_dir).expanduser(), tensorrt_fp16=r.tensorrt_fp16,
+                          tensorrt_int8=r.tensorrt_int8)
+
+
+def detection_payload(frame: Frame, detections: list, detector: Detector, latency_ms: dict,
+                      published_at: float) -> dict:
+    """The `detections` message body (schema 1); see README for an example."""
+    h, w = frame.image.shape[:2]
+    return {
+        "schema": SCHEMA_VERSION,
+        "frame_id": frame.frame_id,
+        "captured_at": round(frame.captured_at, 4),
+        "published_at": round(published_at, 4),
+        "image": {"width": w, "height": h},
+        "model": {"name": detector.bundle.name, "version": detector.bundle.version},
+        "backend": detector.backend,
+        "precision": detector.runtime.precision,
+        "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
+        "detections": [d.to_json(w, h) for d in detections],
+    }
+
+
+class Result:
+    __slots__ = ("frame", "output", "lb", "detector", "infer_ms", "t_infer_done")
+
+    def __init__(self, frame, output, lb, detector, infer_ms, t_infer_done):
+        self.frame, self.output, self.lb, self.detector = frame, output, lb, detector
+        self.infer_ms, self.t_infer_done = infer_ms, t_infer_done
+
+
+class Daemon:
+    """Owns the threads; `cfg` is swapped atomically on a valid config edit."""
+
+    def __init__(self, cfg: Config, config_path: Optional[str] = None):
+        self.cfg = cfg
+        self.config_path = Path(config_path) if config_path else None
+        self.stop_event = threading.Event()
+        self.paused = threading.Event()
+        self.detector: Optional[Detector] = None
+        self.detector_lock = threading.Lock()
+        self.frames = LatestSlot[Frame]()
+        self.results: deque[Result] = deque(maxlen=8)
+        self.results_ready = threading.Condition()
+        self.results_dropped = 0
+        self.stages = StageTimes()
+        self.errors_total = 0
+        self.started_at = time.time()
+        self.first_publish_at: Optional[float] = None
+        self.last_frame_done = time.monotonic()
+        self.threads: list[threading.Thread] = []
+        self.capture: Optional[CaptureThread] = None
+        self.link: Optional[MqttLink] = None
+        self.process = psutil.Process()
+        self._config_mtime = self._mtime()
+        self._last_stats = time.monotonic()
+
+    # ---- wiring -------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.cfg.mqtt.enabled:
+            self.link = MqttLink(self.cfg.mqtt, self.cfg.device_id, on_connected=self._on_connected)
+            self.link.start()
+        self._load_detector()
+        self._start_capture()
+        for i in range(self.cfg.runtime.inflight):
+            self._spawn(self._inference_loop, f"inference-{i}")
+        self._spawn(self._output_loop, "output")
+        self._spawn(self._housekeeping_loop, "housekeeping")
+
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _start_capture(self) -> None:
+        self.capture = CaptureThread(self.cfg.source, self.frames, prepare=self._prepare,
+                                     on_error=lambda msg: self.report_error("camera", msg))
+        self.capture.start()
+
+    def _prepare(self, image):
+        detector = self.detector
+        if detector is None:
+            return None
+        return (detector.input_size, *detector.preprocess(image))
+
+    def _load_detector(self) -> bool:
+        cfg = self.cfg
+        try:
+            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg))
+        except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+            self.report_error("model", f"{cfg.model.path}: {exc}", key="model.path")
+            return False
+        for attempt in detector.attempts:
+            self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
+        with self.detector_lock:
+            old, self.detector = self.detector, detector
+        if old is not None:
+            old.close()
+        log.info("detector: %s", detector.describe())
+        return True
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.frames.close()
+        with self.results_ready:
+            self.results_ready.notify_all()
+        if self.capture:
+            self.capture.stop()
+            self.capture.join(timeout=5)
+        for t in self.threads:
+            t.join(timeout=5)
+        if self.link:
+            self.link.stop()
+
+    # ---- stages -------------------------------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        while not self.stop_event.is_set():
+            frame = self.frames.get(timeout=0.5)
+            if frame is None:
+                continue
+            detector = self.detector
+            if detector is None or self.paused.is_set():
+                continue
+            t0 = time.perf_counter()
+            prepared = frame.prepared
+            if prepared is None or prepared[0] != detector.input_size:  # model changed since capture
+                prepared = (detector.input_size, *detector.preprocess(frame.image))
+                frame.prepare_ms = (time.perf_counter() - t0) * 1000
+            _, tensor, lb = prepared
+            t1 = time.perf_counter()
+            try:
+                output = detector.infer(tensor)
+            except Exception as exc:  # a runtime failing mid-run must not kill the thread
+                self.report_error("model", f"inference failed on {detector.backend}: {exc}")
+                time.sleep(0.5)
+                continue
+            t2 = time.perf_counter()
+            with self.results_ready:
+                if len(self.results) == self.results.maxlen:
+                    self.results_dropped += 1
+                self.results.append(Result(frame, output, lb, detector, (t2 - t1) * 1000, t2))
+                self.results_ready.notify()
+
+    def _output_loop(self) -> None:
+        while not self.stop_event.is_set():
+            with self.results_ready:
+                if not self.results:
+                    self.results_ready.wait(timeout=0.5)
+                if not self.results:
+                    continue
+                result = self.results.popleft()
+            try:
+                self._publish_result(result)
+            except Exception as exc:
+                log.exception("output: publishing frame %s failed", result.frame.frame_id)
+                self.report_error("output", str(exc))
+
+    def _publish_result(self, r: Result) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        detections = r.detector.postprocess(r.output, r.lb, cfg.detect.confidence, cfg.detect.iou,
+                                            cfg.detect.max_detections)
+        if cfg.detect.classes:
+            detections = [d for d in detections if d.class_name in cfg.detect.classes]
+        t1 = time.perf_counter()
+        latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
+                   "postprocess": (t1 - t0) * 1000}
+        now = time.time()
+        latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000
+        payload = detection_payload(r.frame, detections, r.detector, latency, now)
+        if self.link:
+            self.link.publish("detections", payload, qos=cfg.mqtt.qos)
+        latency["publish"] = (time.perf_counter() - t1) * 1000
+        self.stages.add(latency)
+        self.last_frame_done = time.monotonic()
+        if self.first_publish_at is None:
+            self.first_publish_at = now
+            log.info("first detections published %.2f s after start", now - self.started_at)
+        self.on_frame_published(r)
+
+    def on_frame_published(self, result: Result) -> None:
+        """Hook for extensions (service heartbeat, trackers)."""
+
+    # ---- reporting ----------------------------------------------------------------------------------------------
+    def report_error(self, source: str, message: str, key: Optional[str] = None) -> None:
+        self.errors_total += 1
+        log.error("%s: %s", source, message)
+        if self.link:
+            body = {"source": source, "message": message, "at": round(time.time(), 3)}
+            if key:
+                body["key"] = key
+            self.link.publish("errors", body, qos=1, droppable=False)
+
+    def stats_payload(self) -> dict:
+        detector = self.detector
+        mem = self.process.memory_info()
+        capture = self.capture
+        return {
+            "schema": SCHEMA_VERSION,
+            "at": round(time.time(), 3),
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "fps": round(self.stages.fps(), 2),
+            "processed": self.stages.processed,
+            "latency_ms": self.stages.summary(),
+            "dropped_frames": self.frames.dropped + self.results_dropped,
+            "captured": capture.frame_count if capture else 0,
+            "camera": {"state": capture.state if capture else "none", "source": capture.description if capture else "",
+                       "reconnects": capture.reconnects if capture else 0,
+                       "last_error": capture.last_error if capture else ""},
+            "backend": detector.backend if detector else None,
+            "precision": detector.runtime.precision if detector else None,
+            "device": detector.runtime.device if detector else None,
+            "model": {"name": detector.bundle.name, "version": detector.bundle.version} if detector else None,
+            "paused": self.paused.is_set(),
+            "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
+                     "outbox_dropped": self.link.outbox.dropped} if self.link else None,
+            "errors": self.errors_total,
+            "rss_mb": round(mem.rss / 2**20, 1),
+            "cpu_temperature_c": cpu_temperature(),
+        }
+
+    def publish_stats(self) -> None:
+        if self.link:
+            self.link.publish("stats", self.stats_payload(), qos=0)
+
+    def _on_connected(self) -> None:
+        self.link.publish("config", self.cfg.redacted(), qos=1, retain=True, droppable=False)
+
+    def _housekeeping_loop(self) -> None:
+        while not self.stop_event.wait(0.5):
+            if time.monotonic() - self._last_stats >= self.cfg.stats.interval_s:
+                self._last_stats = time.monotonic()
+                self.publish_stats()
+            if self.detector is None and int(time.monotonic()) % 30 == 0:
+                self._load_detector()
+            mtime = self._mtime()
+            if mtime != self._config_mtime:
+                self._config_mtime = mtime
+                self.reload_config()
+
+    # ---- live config --------------------------------------------------------------------------------------------
+    def _mtime(self) -> Optional[float]:
+        try:
+            return self.config_path.stat().st_mtime if self.config_path else None
+        except OSError:
+            return None
+
+    def reload_config(self) -> bool:
+        """Re-read the config file; apply a valid one, keep the running config on any error."""
+        if not self.config_path:
+            return False
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            for key, msg in exc.problems:
+                self.report_error("config", f"{exc.file}: {key + ': ' if key else ''}{msg}; keeping the last good config",
+                                  key=key or None)
+            return False
+        self.apply_config(new)
+        return True
+
+    def apply_config(self, new: Config) -> None:
+        old, self.cfg = self.cfg, new
+        if new.device_id != old.device_id or new.mqtt != old.mqtt:
+            if self.link:
+                self.link.stop()
+            self.link = MqttLink(new.mqtt, new.device_id, on_connected=self._on_connected) if new.mqtt.enabled else None
+            if self.link:
+                self.link.start()
+        elif self.link:
+            self._on_connected()
+        if (new.model, new.runtime.backend, new.runtime.threads, new.runtime.device) != (
+                old.model, old.runtime.backend, old.runtime.threads, old.runtime.device):
+            self._load_detector()
+        if new.source != old.source and self.capture:
+            self.capture.stop()
+            self.capture.join(timeout=5)
+            self._start_capture()
+        log.info("config applied from %s", self.config_path)
+
+    # ---- process ------------------------------------------------------------------------------------------------
+    def run_forever(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload_config, daemon=True).start())
+        self.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                pass
+        finally:
+            log.info("stopping (pid %s)", os.getpid())
+            self.stop()
+        return 0

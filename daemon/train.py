@@ -1,0 +1,254 @@
+"""Train YOLO11n on a COCO-format dataset offline and export the shipped model folder (needs the `train` extra)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
+
+
+def offline_env(work: Path) -> None:
+    """Make Ultralytics/OpenVINO run without network calls, auto-installs or telemetry."""
+    cfg = work / "config"
+    cfg.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    os.environ.setdefault("CI", "true")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cfg))
+    os.environ.setdefault("MPLCONFIGDIR", str(cfg))
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def parse_class_map(text: str | None) -> dict[str, str]:
+    """Parse 'src=dst,src=dst' into an ordered mapping; ids follow the order given."""
+    if not text:
+        return dict(DEFAULT_CLASS_MAP)
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"class map entry {part!r} is not SRC=DST")
+        src, dst = (p.strip() for p in part.split("=", 1))
+        out[src] = dst
+    return out
+
+
+def coco_to_yolo_labels(coco: dict, class_map: dict[str, str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Convert COCO boxes to YOLO label lines per image file name; returns (labels, class names in id order)."""
+    names = list(dict.fromkeys(class_map.values()))
+    cat_to_id = {}
+    for cat in coco["categories"]:
+        if cat["name"] in class_map:
+            cat_to_id[cat["id"]] = names.index(class_map[cat["name"]])
+    missing = set(class_map) - {c["name"] for c in coco["categories"]}
+    if missing:
+        raise ValueError(f"class map names categories not in the dataset: {sorted(missing)}")
+    images = {im["id"]: im for im in coco["images"]}
+    labels: dict[str, list[str]] = {im["file_name"]: [] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        if ann["category_id"] not in cat_to_id:
+            continue
+        im = images[ann["image_id"]]
+        w, h = float(im["width"]), float(im["height"])
+        x, y, bw, bh = ann["bbox"]
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2, y2 = min(w, x + bw), min(h, y + bh)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+        labels[im["file_name"]].append(
+            f"{cat_to_id[ann['category_id']]} {cx:.6f} {cy:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+        )
+    return labels, names
+
+
+def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("train", "valid")) -> Path:
+    """Write the Ultralytics layout (symlinked images, label txts, data.yaml) under work/dataset."""
+    ds = work / "dataset"
+    names: list[str] = []
+    for split in splits:
+        coco = json.loads((root / "annotations" / f"{split}.json").read_text())
+        labels, names = coco_to_yolo_labels(coco, class_map)
+        img_dir, lbl_dir = ds / "images" / split, ds / "labels" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        for fname, lines in labels.items():
+            link = img_dir / fname
+            if not link.exists():
+                link.symlink_to((root / split / fname).resolve())
+            (lbl_dir / (Path(fname).stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
+    data = {"path": str(ds), "train": "images/train", "val": "images/valid", "names": dict(enumerate(names))}
+    (ds / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return ds / "data.yaml"
+
+
+def choose_calibration(coco: dict, class_map: dict[str, str], count: int = 100, seed: int = 0) -> list[str]:
+    """Pick `count` training images stratified by class: rarest classes first so each is represented."""
+    labels, names = coco_to_yolo_labels(coco, class_map)
+    per_class: dict[int, list[str]] = {i: [] for i in range(len(names))}
+    for fname, lines in sorted(labels.items()):
+        present = {int(line.split()[0]) for line in lines}
+        for c in present:
+            per_class[c].append(fname)
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    order = sorted(per_class, key=lambda c: len(per_class[c]))
+    pools = {c: rng.sample(per_class[c], len(per_class[c])) for c in order}
+    while len(chosen) < min(count, len(labels)):
+        progressed = False
+        for c in order:
+            while pools[c] and pools[c][0] in chosen:
+                pools[c].pop(0)
+            if pools[c] and len(chosen) < count:
+                chosen.append(pools[c].pop(0))
+                progressed = True
+        if not progressed:
+            break
+    return sorted(chosen)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def train(args) -> Path:
+    """Train (or resume) and return the best checkpoint path."""
+    work = Path(args.work).resolve()
+    offline_env(work)
+    import torch  # noqa: F401  (train extra only)
+    from ultralytics import YOLO
+    from ultralytics.utils import torch_utils
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    if hasattr(torch_utils, "NUM_THREADS"):
+        torch_utils.NUM_THREADS = threads
+    class_map = parse_class_map(args.class_map)
+    data_yaml = prepare_dataset(Path(args.data), work, class_map)
+    run_dir = work / "runs" / args.name
+    last = run_dir / "weights" / "last.pt"
+    device = args.device or ("0" if torch.cuda.is_available() else "cpu")
+    t0 = time.time()
+    if last.exists() and not args.restart:
+        print(f"resuming {last}")
+        YOLO(str(last)).train(resume=True, device=device)
+    else:
+        model = YOLO("yolo11n.yaml")
+        model.train(
+            data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed,
+            deterministic=True, workers=args.workers, device=device, project=str(work / "runs"), name=args.name,
+            exist_ok=True, pretrained=False, plots=False, patience=0, cache="ram", amp=False,
+            close_mosaic=max(1, args.epochs // 10), verbose=True,
+        )
+    print(f"training wall time this call: {time.time() - t0:.0f} s")
+    return run_dir / "weights" / "best.pt"
+
+
+def export(args) -> Path:
+    """Export best.pt to a static 640x640 ONNX plus metadata into the model folder."""
+    work = Path(args.work).resolve()
+    offline_env(work)
+    from ultralytics import YOLO
+
+    run_dir = work / "runs" / args.name
+    best = Path(args.weights) if args.weights else run_dir / "weights" / "best.pt"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = YOLO(str(best))
+    onnx_path = Path(model.export(format="onnx", imgsz=args.export_imgsz, batch=1, dynamic=False,
+                                  simplify=True, opset=17))
+    shutil.copy(onnx_path, out / "model.onnx")
+    shutil.copy(best, out / "model.pt")
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    strip_optimizer(str(out / "model.pt"))  # ship weights only (FP16 state dict is Ultralytics' own format)
+    names = [model.names[i] for i in sorted(model.names)]
+    train_args = dict(model.ckpt.get("train_args", {})) if getattr(model, "ckpt", None) else {}
+    calib = (out / "calibration.txt")
+    meta = {
+        "name": out.name,
+        "task": "detect",
+        "architecture": "yolo11n",
+        "class_names": names,
+        "input_size": [args.export_imgsz, args.export_imgsz],
+        "input_layout": "NCHW",
+        "color_order": "RGB",
+        "scale": 1 / 255,
+        "letterbox_pad": 114,
+        "stride": int(max(model.model.stride)),
+        "output_layout": "1x(4+nc)xN, boxes cx,cy,w,h in input pixels, class scores sigmoid-ed",
+        "training": {
+            "data": str(Path(args.data)),
+            "class_map": parse_class_map(args.class_map),
+            "settings": {k: train_args.get(k) for k in ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0",
+                                                       "mosaic", "close_mosaic", "hsv_h", "fliplr")},
+            "train_images_sha256": _annotations_hash(Path(args.data), "train"),
+        },
+        "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
+        "calibration_list": calib.name if calib.exists() else None,
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"exported {out / 'model.onnx'}")
+    return out / "model.onnx"
+
+
+def _annotations_hash(root: Path, split: str) -> str | None:
+    path = root / "annotations" / f"{split}.json"
+    return sha256(path) if path.exists() else None
+
+
+def write_calibration_list(args) -> Path:
+    coco = json.loads((Path(args.data) / "annotations" / "train.json").read_text())
+    chosen = choose_calibration(coco, parse_class_map(args.class_map), args.calib_count, args.seed)
+    out = Path(args.out) / "calibration.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# INT8 calibration images (training split, stratified by class); paths relative to the dataset\n"
+                   + "".join(f"train/{f}\n" for f in chosen))
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", default="../shared/datasets/laboro-tomato-big", help="COCO dataset root")
+    p.add_argument("--work", default=str(Path.home() / "ripeye-train"), help="work dir outside the repo")
+    p.add_argument("--class-map", default=None, help="SRC=DST,... (default: Laboro Tomato → ripe,half_ripe,unripe)")
+    p.add_argument("--name", default="tomato-yolo11n")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--imgsz", type=int, default=512)
+    p.add_argument("--export-imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, 0, ... (default: GPU when present)")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
+    p.add_argument("--out", default="models/tomato-yolo11n")
+    p.add_argument("--weights", default=None, help="export these weights instead of the run's best.pt")
+    p.add_argument("--calib-count", type=int, default=100)
+    p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")
+
+
+def main(args) -> int:
+    if not args.skip_train:
+        train(args)
+    write_calibration_list(args)
+    export(args)
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ripeye train")
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
