@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field

@@ -98,11 +98,11 @@ def classify(facts: HardwareFacts) -> HardwareProfile:
     return HardwareProfile(kind, desc, chain, reasons)
 
 
-def probe(root: str = "/") -> HardwareFacts:
-    """Read the real machine (root lets tests point at a fake filesystem)."""
+def probe(root: str = "/", machine: Optional[str] = None, check_runtimes: bool = True) -> HardwareFacts:
+    """Read the real machine (root and machine let tests stand in another board's files)."""
     from daemon import runtimes
 
-    rt = runtimes.available()
+    rt = runtimes.available() if check_runtimes else {}
     providers: list[str] = []
     if rt.get("onnxruntime") == "ok":
         import onnxruntime
@@ -110,7 +110,7 @@ def probe(root: str = "/") -> HardwareFacts:
         providers = onnxruntime.get_available_providers()
     r = Path(root)
     return HardwareFacts(
-        machine=platform.machine(),
+        machine=machine or platform.machine(),
         device_tree_model=_read(str(r / "proc/device-tree/model")),
         tegra_release=_read(str(r / "etc/nv_tegra_release")),
         cpuinfo=_read(str(r / "proc/cpuinfo")),

@@ -14,7 +14,8 @@ from typing import Optional
 
 import psutil
 
-from daemon import __version__, config as config_mod
+from daemon import __version__
+from daemon import config as config_mod
 from daemon.capture import CaptureThread, Frame
 from daemon.config import Config, ConfigError
 from daemon.detector import Detector, NoUsableBackend, load_detector
@@ -286,8 +287,8 @@ class Daemon:
             new = config_mod.load(self.config_path)
         except ConfigError as exc:
             for key, msg in exc.problems:
-                self.report_error("config", f"{exc.file}: {key + ': ' if key else ''}{msg}; keeping the last good config",
-                                  key=key or None)
+                where = f"{exc.file}: {key}: " if key else f"{exc.file}: "
+                self.report_error("config", f"{where}{msg}; keeping the last good config", key=key or None)
             return False
         self.apply_config(new)
         return True

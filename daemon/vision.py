@@ -123,7 +123,8 @@ class Detection:
             "class_id": self.class_id,
             "confidence": round(self.confidence, 4),
             "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
-            "box_norm": [round(x1 / frame_w, 5), round(y1 / frame_h, 5), round(x2 / frame_w, 5), round(y2 / frame_h, 5)],
+            "box_norm": [round(x1 / frame_w, 5), round(y1 / frame_h, 5),
+                         round(x2 / frame_w, 5), round(y2 / frame_h, 5)],
             "center": [round((x1 + x2) / 2, 1), round((y1 + y2) / 2, 1)],
         }
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import ncnn  # noqa: E402,I001
 import numpy as np
 
 from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file
-
-import ncnn  # noqa: E402,I001
 
 
 def check_available() -> None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort  # noqa: E402,I001
 
 from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file
-
-import onnxruntime as ort  # noqa: E402,I001
 
 
 def check_available() -> None:
     ort.get_available_providers()
 
 
-def session_options(options: RuntimeOptions) -> "ort.SessionOptions":
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if options.threads:

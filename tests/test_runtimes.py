@@ -1,0 +1,81 @@
+"""Runtimes on the real shipped model: every installed backend loads it and they agree; bad files fail clearly."""
+
+import cv2  # noqa: E402,I001
+import numpy as np
+import pytest
+
+from daemon import runtimes, vision
+from daemon.detector import NoUsableBackend, load_detector
+from daemon.model import load_bundle
+from daemon.runtimes import base
+from daemon.runtimes.base import ArtifactError, RuntimeOptions
+from tests.conftest import DATASET
+
+
+def _frame():
+    images = sorted((DATASET / "valid").glob("*.jpg"))
+    if images:
+        return cv2.imread(str(images[0]))
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tensor(model_dir):
+    t, _ = vision.preprocess(_frame(), load_bundle(model_dir).input_size)
+    return t
+
+
+def test_openvino_and_onnxruntime_fp32_agree(model_dir, tensor):
+    onnx = model_dir / "model.onnx"
+    ov_out = runtimes.get("openvino")(onnx, RuntimeOptions(), "fp32").infer(tensor)
+    ort_out = runtimes.get("onnxruntime")(onnx, RuntimeOptions(), "fp32").infer(tensor)
+    assert ov_out.shape == ort_out.shape == (1, 7, 8400)
+    assert np.abs(ov_out - ort_out).max() < 0.05  # FP32 vs FP32; differences are kernel rounding only
+
+
+def test_openvino_several_requests_in_flight_match_single(model_dir, tensor):
+    rt = runtimes.get("openvino")(model_dir / "model.onnx", RuntimeOptions(inflight=2), "fp32")
+    outs = rt.infer_many([tensor, tensor])
+    single = rt.infer(tensor)
+    assert all(np.allclose(o, single, atol=1e-3) for o in outs)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_corrupt_file_error_names_it(tmp_path, backend):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a model" * 10)
+    with pytest.raises(ArtifactError, match=str(bad)):
+        runtimes.get(backend)(bad, RuntimeOptions(), "fp32")
+
+
+def test_missing_file_error_names_it(tmp_path):
+    with pytest.raises(ArtifactError, match="not found: .*nothing.onnx"):
+        runtimes.get("onnxruntime")(tmp_path / "nothing.onnx", RuntimeOptions(), "fp32")
+
+
+def test_fallback_when_requested_backend_has_no_artifact(model_dir):
+    det = load_detector(model_dir / "model.onnx", backend="ncnn")
+    assert det.backend != "ncnn"
+    assert any(a.startswith("ncnn") for a in det.attempts)
+
+
+def test_all_backends_failing_names_the_file(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(NoUsableBackend, match="broken.onnx"):
+        load_detector(bad)
+
+
+def test_registry_tolerates_a_missing_runtime_package(monkeypatch):
+    monkeypatch.setitem(base._MODULES, "imaginary", "daemon.runtimes.no_such_module")
+    base._cache.pop("imaginary", None)
+    avail = runtimes.available()
+    assert "No module named" in avail["imaginary"]
+    assert avail["openvino"] == "ok" and avail["onnxruntime"] == "ok"
+
+
+def test_detector_finds_tomatoes_in_a_real_photo(model_dir):
+    det = load_detector(model_dir)
+    found = det.detect(_frame(), conf=0.05)
+    assert all(d.class_name in ("ripe", "half_ripe", "unripe") for d in found)
