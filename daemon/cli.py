@@ -107,6 +107,23 @@ def cmd_config_check(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from daemon import evaluate
+
+    if not args.artifact and not args.detections:
+        print("ripeye eval: give a model ARTIFACT or --detections FILE", file=sys.stderr)
+        return 2
+    _setup_logging("WARNING")
+    return evaluate.main(args)
+
+
+def cmd_optimize(args) -> int:
+    from daemon import optimize
+
+    _setup_logging("WARNING")
+    return optimize.main(args)
+
+
 def cmd_train(args) -> int:
     from daemon import train
 
@@ -149,7 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    from daemon import train
+    from daemon import evaluate, optimize, train
+
+    op = sub.add_parser("optimize", help="derive OpenVINO/ORT/NCNN/TensorRT artifacts, INT8 with an accuracy gate")
+    optimize.add_arguments(op)
+    op.set_defaults(func=cmd_optimize)
+
+    ev = sub.add_parser("eval", help="mAP with pycocotools through the daemon's own pre/post-processing")
+    evaluate.add_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser("train", help="train and export the model (needs the `train` extra)")
     train.add_arguments(tr)

@@ -1,0 +1,373 @@
+"""`ripeye optimize`: derive every runtime artifact from the ONNX source, quantize to INT8 and gate on accuracy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from daemon import vision
+from daemon.model import MANIFEST, file_hash, load_bundle
+
+log = logging.getLogger(__name__)
+
+# Float scopes tried in order until the INT8 artifact passes the accuracy gate. YOLO's decode subgraph
+# (DFL softmax, anchor arithmetic, concat of boxes and sigmoid scores) loses everything in INT8; the box/class
+# convolutions of the head usually survive it, and keeping the whole head float is the safer next step.
+FLOAT_SCOPES = [
+    ("decode", r".*/model\.23/(?!cv2|cv3).*"),
+    ("head", r".*/model\.23/.*"),
+]
+
+
+@dataclass
+class Step:
+    runtime: str
+    precision: str
+    files: list[str]
+    note: str = ""
+    accepted: bool = True
+    metrics: Optional[dict] = None
+    failed: str = ""
+    attempts: Optional[list] = None
+
+
+def sha256_file(path: Path) -> str:
+    return file_hash(path, 64)
+
+
+def calibration_images(calib: Optional[str], model_dir: Path, calib_root: Optional[Path], count: int) -> list[Path]:
+    """A list file (one path per line, relative to calib_root) or a folder of images."""
+    if calib is None:
+        default = model_dir / "calibration.txt"
+        if not default.is_file():
+            raise FileNotFoundError(f"no --calib given and {default} does not exist")
+        calib = str(default)
+    path = Path(calib)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    elif path.is_file():
+        base = calib_root or path.parent
+        files = [base / line.strip() for line in path.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+    else:
+        raise FileNotFoundError(f"calibration list or folder not found: {path}")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} calibration images missing, e.g. {missing[0]} (set --calib-root)")
+    if not files:
+        raise ValueError(f"no calibration images in {path}")
+    return files[:count]
+
+
+def load_tensors(files: list[Path], size: tuple[int, int]) -> list[np.ndarray]:
+    from tqdm import tqdm
+
+    out = []
+    for f in tqdm(files, desc="calibration images", unit="img", file=sys.stderr, disable=None):
+        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot decode calibration image {f}")
+        out.append(vision.preprocess(image, size)[0])
+    return out
+
+
+# ---- targets ---------------------------------------------------------------------------------------------------------
+def openvino_fp32(onnx_path: Path, out: Path) -> Step:
+    import openvino as ov
+
+    dest = out / "openvino" / "fp32" / "model.xml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(dest), compress_to_fp16=False)  # no silent FP16
+    return Step("openvino", "fp32", [rel(dest, out), rel(dest.with_suffix(".bin"), out)])
+
+
+def openvino_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: str) -> Step:
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines drown the progress output
+    model = ov.convert_model(str(onnx_path))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(tensors), preset=nncf.QuantizationPreset.MIXED, subset_size=len(tensors),
+        ignored_scope=nncf.IgnoredScope(patterns=[scope], validate=False))
+    dest = out / "openvino" / "int8" / "model.xml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(dest), compress_to_fp16=False)
+    return Step("openvino", "int8", [rel(dest, out), rel(dest.with_suffix(".bin"), out)])
+
+
+def onnxruntime_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: str) -> Step:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dest = out / "onnxruntime" / "int8" / "model.onnx"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prep = dest.with_name("prep.onnx")
+    quant_pre_process(str(onnx_path), str(prep), skip_symbolic_shape=True)
+    graph = onnx.load(str(prep)).graph
+    input_name = graph.input[0].name
+    excluded = [n.name for n in graph.node if re.fullmatch(scope, n.name)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(tensors)
+
+        def get_next(self):
+            t = next(self.it, None)
+            return None if t is None else {input_name: t}
+
+    quantize_static(str(prep), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
+    prep.unlink(missing_ok=True)
+    return Step("onnxruntime", "int8", [rel(dest, out)], note=f"{len(excluded)} head nodes kept float")
+
+
+def ncnn_convert(onnx_path: Path, out: Path, size: tuple[int, int], fp16: bool) -> Step:
+    """pnnx converts the ONNX to NCNN; fp16=1 stores weights as FP16 (what ARM boards run fastest)."""
+    precision = "fp16" if fp16 else "fp32"
+    dest = out / "ncnn" / precision
+    dest.mkdir(parents=True, exist_ok=True)
+    work = dest / "pnnx-work"
+    work.mkdir(exist_ok=True)
+    src = work / "model.onnx"
+    shutil.copy(onnx_path, src)
+    pnnx = shutil.which("pnnx") or str(Path(sys.executable).parent / "pnnx")
+    cmd = [pnnx, str(src), f"inputshape=[1,3,{size[1]},{size[0]}]", f"fp16={int(fp16)}",
+           f"ncnnparam={dest / 'model.ncnn.param'}", f"ncnnbin={dest / 'model.ncnn.bin'}",
+           f"pnnxparam={work / 'model.pnnx.param'}", f"pnnxbin={work / 'model.pnnx.bin'}",
+           f"pnnxpy={work / 'model_pnnx.py'}", f"pnnxonnx={work / 'model.pnnx.onnx'}",
+           f"ncnnpy={work / 'model_ncnn.py'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    shutil.rmtree(work, ignore_errors=True)
+    param = dest / "model.ncnn.param"
+    if r.returncode != 0 or not param.is_file():
+        raise RuntimeError(f"pnnx failed ({r.returncode}): {(r.stderr or r.stdout)[-400:]}")
+    # pnnx names the weights file after the param file with .bin; our runtime expects model.ncnn.bin beside it
+    return Step("ncnn", precision, [rel(param, out), rel(dest / "model.ncnn.bin", out)])
+
+
+def tensorrt_options(out: Path, onnx_rel: str, int8_rel: Optional[str]) -> Step:
+    """No engine can be built without the target GPU: record the provider options the Jetson builds with."""
+    from daemon.runtimes.base import RuntimeOptions
+
+    opts = {}
+    try:
+        from daemon.runtimes.tensorrt_rt import tensorrt_provider_options
+
+        opts = {"fp16": tensorrt_provider_options(RuntimeOptions(cache_dir=Path("/var/cache/ripeye")), "fp32"),
+                "int8": tensorrt_provider_options(RuntimeOptions(cache_dir=Path("/var/cache/ripeye")), "int8")}
+    except ImportError:
+        pass
+    dest = out / "tensorrt" / "provider_options.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps({"fp16_source": onnx_rel, "int8_source": int8_rel, "options": opts}, indent=2))
+    return Step("tensorrt", "fp16", [onnx_rel], note="engine built and cached on the device at first run")
+
+
+def rel(path: Path, root: Path) -> str:
+    return str(Path(path).relative_to(root))
+
+
+# ---- accuracy gate ---------------------------------------------------------------------------------------------------
+def evaluator(data: Optional[Path], images: Optional[Path], class_map: dict, limit: Optional[int]):
+    if data is None:
+        return None
+    from daemon import runtimes
+    from daemon.detector import Detector
+    from daemon.evaluate import evaluate_detector
+    from daemon.runtimes.base import RuntimeOptions
+
+    images = images or data.parent.parent / data.stem
+
+    def evaluate(model_dir: Path, runtime: str, precision: str, file: str) -> dict:
+        bundle = load_bundle(model_dir)
+        backend = "openvino" if runtime == "openvino" else "onnxruntime"
+        rt = runtimes.get(backend)(model_dir / file, RuntimeOptions(), precision)
+        det = Detector(bundle, rt, bundle.class_names, bundle.input_size)
+        return evaluate_detector(det, data, images, class_map, limit)
+
+    return evaluate
+
+
+def gated_int8(name: str, build: Callable[[str], Step], parent: Optional[dict], evaluate, out: Path,
+               max_drop: float) -> Step:
+    """Build INT8 with the narrowest float scope first; widen until mAP50-95 drops ≤ max_drop points."""
+    attempts = []
+    step = None
+    for scope_name, scope in FLOAT_SCOPES:
+        t0 = time.time()
+        step = build(scope)
+        entry = {"float_scope": scope_name, "pattern": scope, "seconds": round(time.time() - t0, 1)}
+        if evaluate is None or parent is None:
+            step.note = (step.note + "; " if step.note else "") + "not evaluated (no --data): accepted unchecked"
+            entry["result"] = "accepted without accuracy check"
+            attempts.append(entry)
+            step.attempts = attempts
+            return step
+        metrics = evaluate(out, step.runtime, "int8", step.files[0])
+        drop = (parent["mAP50-95"] - metrics["mAP50-95"]) * 100
+        entry.update({"mAP50-95": metrics["mAP50-95"], "drop_points": round(drop, 2)})
+        attempts.append(entry)
+        print(f"  {name} int8 [{scope_name} float]: mAP50-95 {metrics['mAP50-95']:.4f} "
+              f"(FP32 {parent['mAP50-95']:.4f}, drop {drop:.2f} points)", file=sys.stderr)
+        step.metrics = metrics
+        if drop <= max_drop:
+            step.accepted = True
+            step.note = (step.note + "; " if step.note else "") + f"{scope_name} kept float"
+            step.attempts = attempts
+            return step
+    step.accepted = False
+    step.note = f"rejected: every float scope dropped mAP50-95 by more than {max_drop} points"
+    step.attempts = attempts
+    return step
+
+
+# ---- driver ----------------------------------------------------------------------------------------------------------
+def optimize(args) -> dict:
+    os.environ.setdefault("CI", "true")
+    src = Path(args.model)
+    onnx_path = src / "model.onnx" if src.is_dir() else src
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX source not found: {onnx_path}")
+    out = Path(args.out) if args.out else onnx_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() != onnx_path.parent.resolve():
+        shutil.copy(onnx_path, out / "model.onnx")
+        for extra in ("metadata.json", "calibration.txt"):
+            if (onnx_path.parent / extra).is_file():
+                shutil.copy(onnx_path.parent / extra, out / extra)
+    source = out / "model.onnx"
+    bundle = load_bundle(out)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    from daemon.train import parse_class_map
+
+    class_map = parse_class_map(args.class_map)
+    data = Path(args.data) if args.data else None
+    evaluate = evaluator(data, Path(args.images) if args.images else None, class_map, args.eval_limit)
+    calib_root = Path(args.calib_root) if args.calib_root else (data.parent.parent if data else None)
+    tensors: list[np.ndarray] = []
+    calib_files: list[Path] = []
+    if {"openvino", "onnxruntime"} & set(targets):
+        calib_files = calibration_images(args.calib, onnx_path.parent, calib_root, args.calib_count)
+        tensors = load_tensors(calib_files, bundle.input_size)
+    calib_hash = file_hash(Path(args.calib or onnx_path.parent / "calibration.txt"), 64) if calib_files else ""
+
+    steps: list[Step] = []
+    metrics_fp32: Optional[dict] = None
+
+    def attempt(label: str, fn: Callable[[], Step]) -> Optional[Step]:
+        print(f"[optimize] {label} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        try:
+            step = fn()
+        except Exception as exc:  # one target failing must not lose the others
+            log.exception("optimize: %s failed", label)
+            runtime, precision = label.split()
+            step = Step(runtime, precision, [], accepted=False, failed=f"{type(exc).__name__}: {exc}"[:500])
+        print(f"[optimize] {label}: {'FAILED ' + step.failed if step.failed else 'ok'} ({time.time() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+        steps.append(step)
+        return step
+
+    if "openvino" in targets:
+        fp32 = attempt("openvino fp32", lambda: openvino_fp32(source, out))
+        if evaluate and fp32 and not fp32.failed:
+            metrics_fp32 = evaluate(out, "openvino", "fp32", fp32.files[0])
+            fp32.metrics = metrics_fp32
+            print(f"  openvino fp32: mAP50-95 {metrics_fp32['mAP50-95']:.4f} mAP50 {metrics_fp32['mAP50']:.4f}",
+                  file=sys.stderr)
+        attempt("openvino int8", lambda: gated_int8("openvino", lambda scope: openvino_int8(source, out, tensors, scope),
+                                                    metrics_fp32, evaluate, out, args.max_drop))
+    if "onnxruntime" in targets:
+        if evaluate and metrics_fp32 is None:
+            metrics_fp32 = evaluate(out, "onnx", "fp32", "model.onnx")
+        attempt("onnxruntime int8", lambda: gated_int8(
+            "onnxruntime", lambda scope: onnxruntime_int8(source, out, tensors, scope), metrics_fp32, evaluate, out,
+            args.max_drop))
+    if "ncnn" in targets:
+        attempt("ncnn fp32", lambda: ncnn_convert(source, out, bundle.input_size, fp16=False))
+        attempt("ncnn fp16", lambda: ncnn_convert(source, out, bundle.input_size, fp16=True))
+    if "tensorrt" in targets:
+        int8 = next((s for s in steps if s.runtime == "onnxruntime" and s.precision == "int8" and s.accepted), None)
+        attempt("tensorrt fp16", lambda: tensorrt_options(out, "model.onnx", int8.files[0] if int8 else None))
+
+    manifest = {
+        "schema": 1,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_onnx": {"file": "model.onnx", "sha256": sha256_file(source)},
+        "calibration": {"images": len(calib_files), "list_sha256": calib_hash},
+        "accuracy_gate": {"max_drop_points": args.max_drop, "data": str(data) if data else None,
+                          "fp32_reference": metrics_fp32},
+        "tools": tool_versions(),
+        "artifacts": [],
+    }
+    for s in steps:
+        entry = {"runtime": s.runtime, "precision": s.precision, "files": s.files, "accepted": s.accepted}
+        if s.files and all((out / f).is_file() for f in s.files):
+            entry["size_bytes"] = sum((out / f).stat().st_size for f in s.files)
+            entry["sha256"] = sha256_file(out / s.files[0])
+        for key in ("note", "failed"):
+            if getattr(s, key):
+                entry[key] = getattr(s, key)
+        if s.metrics:
+            entry["metrics"] = {k: s.metrics[k] for k in ("mAP50-95", "mAP50", "per_class")}
+        if s.attempts:
+            entry["attempts"] = s.attempts
+        manifest["artifacts"].append(entry)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def tool_versions() -> dict:
+    out = {}
+    for mod in ("openvino", "nncf", "onnxruntime", "ncnn", "onnx"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="model.onnx or a model folder holding it")
+    p.add_argument("--calib", help="calibration list (paths relative to --calib-root) or image folder "
+                                   "(default: calibration.txt beside the ONNX)")
+    p.add_argument("--calib-root", help="base folder for a calibration list (default: the --data dataset root)")
+    p.add_argument("--calib-count", type=int, default=100)
+    p.add_argument("--targets", default="openvino,onnxruntime,ncnn,tensorrt")
+    p.add_argument("--out", help="output folder (default: beside the ONNX)")
+    p.add_argument("--data", help="COCO annotations JSON for the accuracy gate")
+    p.add_argument("--images", help="images of --data (default: <dataset>/<split>)")
+    p.add_argument("--class-map", default=None)
+    p.add_argument("--max-drop", type=float, default=1.0, help="max mAP50-95 drop (points) for an INT8 artifact")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only")
+
+
+def main(args) -> int:
+    manifest = optimize(args)
+    print(f"{'runtime':12s} {'prec':5s} {'accepted':8s} {'size MB':>8s}  note")
+    for a in manifest["artifacts"]:
+        size = f"{a['size_bytes'] / 1e6:.2f}" if "size_bytes" in a else "-"
+        print(f"{a['runtime']:12s} {a['precision']:5s} {str(a['accepted']):8s} {size:>8s}  "
+              f"{a.get('failed') or a.get('note', '')}")
+    return 0 if not any(a.get("failed") for a in manifest["artifacts"]) else 1
