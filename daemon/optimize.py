@@ -296,8 +296,9 @@ def optimize(args) -> dict:
             fp32.metrics = metrics_fp32
             print(f"  openvino fp32: mAP50-95 {metrics_fp32['mAP50-95']:.4f} mAP50 {metrics_fp32['mAP50']:.4f}",
                   file=sys.stderr)
-        attempt("openvino int8", lambda: gated_int8("openvino", lambda scope: openvino_int8(source, out, tensors, scope),
-                                                    metrics_fp32, evaluate, out, args.max_drop))
+        attempt("openvino int8", lambda: gated_int8(
+            "openvino", lambda scope: openvino_int8(source, out, tensors, scope), metrics_fp32, evaluate, out,
+            args.max_drop))
     if "onnxruntime" in targets:
         if evaluate and metrics_fp32 is None:
             metrics_fp32 = evaluate(out, "onnx", "fp32", "model.onnx")
