@@ -124,6 +124,12 @@ def cmd_optimize(args) -> int:
     return optimize.main(args)
 
 
+def cmd_bench(args) -> int:
+    from daemon import bench
+
+    return bench.main(args)
+
+
 def cmd_train(args) -> int:
     from daemon import train
 
@@ -166,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    from daemon import evaluate, optimize, train
+    from daemon import bench, evaluate, optimize, train
+
+    be = sub.add_parser("bench", help="every runtime × precision: size, mAP, latency, FPS, peak RSS")
+    bench.add_arguments(be)
+    be.set_defaults(func=cmd_bench)
 
     op = sub.add_parser("optimize", help="derive OpenVINO/ORT/NCNN/TensorRT artifacts, INT8 with an accuracy gate")
     optimize.add_arguments(op)
