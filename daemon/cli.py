@@ -88,6 +88,76 @@ def cmd_detect(args) -> int:
     return status
 
 
+def _port_open(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def cmd_demo(args) -> int:
+    """The embedded default: sample clip, shipped model, a local broker (started here when none is running)."""
+    import shutil
+    import subprocess
+
+    from daemon import config
+    from daemon.pipeline import Daemon
+
+    broker = None
+    if not _port_open("127.0.0.1", args.port):
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            print("ripeye demo: no broker on localhost:%d and mosquitto is not installed "
+                  "(./install.sh --dev installs it)" % args.port, file=sys.stderr)
+            return 2
+        broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if _port_open("127.0.0.1", args.port):
+                break
+            __import__("time").sleep(0.1)
+        print(f"ripeye demo: started mosquitto on localhost:{args.port}", file=sys.stderr)
+    cfg = config.validate({"device_id": "demo", "source": {"uri": "sample"}, "mqtt": {"port": args.port},
+                           "stats": {"interval_s": 5}}, "demo")
+    _setup_logging("INFO")
+    print(f"ripeye demo: watch with `.venv/bin/ripeye watch --port {args.port}` "
+          f"(or mosquitto_sub -p {args.port} -t 'ripeye/#' -v); Ctrl-C stops", file=sys.stderr)
+    try:
+        return Daemon(cfg).run_forever()
+    finally:
+        if broker:
+            broker.terminate()
+
+
+def cmd_watch(args) -> int:
+    """Print every message under a topic filter, one line each (a small mosquitto_sub)."""
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    def on_message(client, userdata, msg):
+        payload = msg.payload.decode(errors="replace")
+        if len(payload) > args.width:
+            payload = payload[: args.width] + "…"
+        print(f"{msg.topic} {payload}", flush=True)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(args.topic)
+    client.on_message = on_message
+    client.connect_async(args.host, args.port)
+    client.loop_start()
+    try:
+        deadline = time.time() + args.seconds if args.seconds else None
+        while deadline is None or time.time() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    client.loop_stop()
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from daemon import doctor
 
@@ -160,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--json", action="store_true", help="one JSON line per image")
     det.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     det.set_defaults(func=cmd_detect)
+
+    demo = sub.add_parser("demo", help="run on the sample clip with the shipped model and a local broker")
+    demo.add_argument("--port", type=int, default=1883)
+    demo.set_defaults(func=cmd_demo)
+
+    watch = sub.add_parser("watch", help="print MQTT messages (default: everything under ripeye/)")
+    watch.add_argument("--host", default="localhost")
+    watch.add_argument("--port", type=int, default=1883)
+    watch.add_argument("--topic", default="ripeye/#")
+    watch.add_argument("--width", type=int, default=200, help="truncate payloads to this many characters")
+    watch.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl-C)")
+    watch.set_defaults(func=cmd_watch)
 
     doc = sub.add_parser("doctor", help="show hardware, backends, artifacts and the choice made")
     doc.add_argument("--config", "-c", default=None)
