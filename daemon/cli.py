@@ -22,7 +22,7 @@ def cmd_run(args) -> int:
     from daemon.pipeline import Daemon
 
     try:
-        cfg = config.load(args.config)
+        cfg = config.load_with_overrides(args.config) if args.config else config.load(None)
     except ConfigError as exc:
         print(f"ripeye: invalid config\n{exc}", file=sys.stderr)
         return 2
@@ -110,8 +110,8 @@ def cmd_demo(args) -> int:
     if not _port_open("127.0.0.1", args.port):
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
-            print("ripeye demo: no broker on localhost:%d and mosquitto is not installed "
-                  "(./install.sh --dev installs it)" % args.port, file=sys.stderr)
+            print(f"ripeye demo: no broker on localhost:{args.port} and mosquitto is not installed "
+                  "(./install.sh --dev installs it)", file=sys.stderr)
             return 2
         broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(50):

@@ -36,6 +36,8 @@ class SourceConfig(Strict):
 class ModelConfig(Strict):
     path: str = str(DEFAULT_MODEL_DIR)
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    alternatives: dict[str, str] = Field(default_factory=dict,
+                                         description="named model paths the `model` MQTT command may switch to")
 
 
 class RuntimeConfig(Strict):
@@ -101,6 +103,7 @@ class LogConfig(Strict):
 
 class Config(Strict):
     device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "ripeye")
+    state_dir: str = "~/.local/state/ripeye"
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -170,6 +173,37 @@ def load(path: Optional[str | Path]) -> Config:
     if path is None:
         return Config()
     return validate(read_yaml(Path(path)), str(path))
+
+
+# Keys the `set` command may change at run time (all applied without restarting any stage).
+HOT_SETTABLE = {"detect", "stats", "log", "mqtt.qos"}
+
+
+def check_hot_patch(patch: dict) -> None:
+    """Raise ConfigError naming the first key a `set` patch may not touch."""
+    for section, value in patch.items():
+        if section in HOT_SETTABLE:
+            continue
+        if isinstance(value, dict):
+            for key in value:
+                if f"{section}.{key}" not in HOT_SETTABLE:
+                    raise ConfigError("set", [(f"{section}.{key}", "not settable at run time (edit the config file)")])
+        else:
+            raise ConfigError("set", [(section, "not settable at run time (edit the config file)")])
+
+
+def overrides_file(cfg: Config) -> Path:
+    return Path(cfg.state_dir).expanduser() / "overrides.yaml"
+
+
+def load_with_overrides(path: Optional[str | Path]) -> Config:
+    """The YAML file plus persisted `set` overrides from the state dir (the user's YAML is never rewritten)."""
+    base = load(path)
+    file = overrides_file(base)
+    if not file.is_file():
+        return base
+    patch = read_yaml(file)
+    return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
 
 
 def merge_patch(target: dict, patch: dict) -> dict:

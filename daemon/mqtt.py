@@ -78,11 +78,16 @@ class MqttLink:
         self.published = 0
         self.subscriptions: list[str] = [f"{self.base}/cmd/+"]
         client_id = cfg.client_id or f"ripeye-{device_id}"
+        # MQTT v5 so command requests can carry a response topic and correlation data
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, reconnect_on_failure=True)
+                                  protocol=mqtt.MQTTv5, reconnect_on_failure=True)
         self.client.will_set(self.topic("status"), "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=int(cfg.reconnect_max_s))
-        self.client.max_queued_messages_set(cfg.outbox_size)
+        # paho's own queue is left unbounded; we bound what we hand it (see _send) so that replies and errors are
+        # never refused while bulk detections are.
+        self.client.max_inflight_messages_set(100)
+        self.pending = 0  # QoS>0 messages handed to paho and not yet acknowledged
+        self.client.on_publish = self._on_publish
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
         if cfg.tls or cfg.tls_ca_certs:
@@ -120,13 +125,32 @@ class MqttLink:
         self._send(msg)
 
     def _send(self, msg: Outgoing) -> None:
+        if msg.droppable and self.pending >= self.cfg.outbox_size:
+            self.outbox.dropped += 1  # the broker is not keeping up: shed detections, keep the rest
+            return
         info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             self.published += 1
+            if msg.qos:
+                self.pending += 1
         elif info.rc == mqtt.MQTT_ERR_NO_CONN:
             self.outbox.add(msg)
         else:
             self.outbox.dropped += 1
+
+    def reply(self, suffix: str, payload: dict, request_properties=None) -> None:
+        """Answer a command on <base>/<suffix>, and also on the MQTT v5 response topic when the request named one."""
+        self.publish(suffix, payload, qos=1, droppable=False)
+        response_topic = getattr(request_properties, "ResponseTopic", None) if request_properties else None
+        if response_topic and self.connected.is_set():
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            correlation = getattr(request_properties, "CorrelationData", None)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self.client.publish(response_topic, encode(payload), qos=1, properties=props)
 
     def subscribe(self, suffix: str) -> None:
         topic = self.topic(suffix)
@@ -136,6 +160,10 @@ class MqttLink:
                 self.client.subscribe(topic, qos=1)
 
     # paho callbacks run on paho's network thread
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+        if self.pending > 0:
+            self.pending -= 1
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
             log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
@@ -159,6 +187,7 @@ class MqttLink:
             self.disconnects += 1
             log.warning("mqtt: lost the broker (%s); reconnecting in the background", reason_code)
         self.connected.clear()
+        self.pending = 0  # paho re-sends or drops in-flight messages itself on reconnect
 
     def _on_message(self, client, userdata, message):
         if self.on_message_cb is None:

@@ -23,6 +23,7 @@ from daemon.handoff import LatestSlot
 from daemon.hardware import cpu_temperature
 from daemon.mqtt import MqttLink
 from daemon.runtimes.base import RuntimeOptions
+from daemon.service import Notifier
 from daemon.stats import StageTimes
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,16 @@ class Daemon:
         self.process = psutil.Process()
         self._config_mtime = self._mtime()
         self._last_stats = time.monotonic()
+        self.latest: Optional[tuple] = None  # (frame, detections) last published, for snapshots
+        self.notifier = Notifier()
+        from daemon.commands import Commands
+
+        self.commands = Commands(self)
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.mqtt.enabled:
-            self.link = MqttLink(self.cfg.mqtt, self.cfg.device_id, on_connected=self._on_connected)
+            self.link = self._make_link(self.cfg)
             self.link.start()
         self._load_detector()
         self._start_capture()
@@ -99,6 +105,9 @@ class Daemon:
             self._spawn(self._inference_loop, f"inference-{i}")
         self._spawn(self._output_loop, "output")
         self._spawn(self._housekeeping_loop, "housekeeping")
+
+    def _make_link(self, cfg: Config) -> MqttLink:
+        return MqttLink(cfg.mqtt, cfg.device_id, on_message=self.commands.handle, on_connected=self._on_connected)
 
     def _spawn(self, target, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -133,6 +142,7 @@ class Daemon:
         return True
 
     def stop(self) -> None:
+        self.notifier.stopping()
         self.stop_event.set()
         self.frames.close()
         with self.results_ready:
@@ -206,9 +216,11 @@ class Daemon:
         latency["publish"] = (time.perf_counter() - t1) * 1000
         self.stages.add(latency)
         self.last_frame_done = time.monotonic()
+        self.latest = (r.frame, detections)
         if self.first_publish_at is None:
             self.first_publish_at = now
             log.info("first detections published %.2f s after start", now - self.started_at)
+            self.notifier.ready(f"processing {self.capture.description if self.capture else ''}")
         self.on_frame_published(r)
 
     def on_frame_published(self, result: Result) -> None:
@@ -260,8 +272,25 @@ class Daemon:
     def _on_connected(self) -> None:
         self.link.publish("config", self.cfg.redacted(), qos=1, retain=True, droppable=False)
 
+    def healthy(self) -> bool:
+        """Frames flow, or the pipeline waits in a state it handles itself (paused, camera backoff, no model).
+
+        Only a pipeline that should be producing and is not (a hung camera read, a stuck inference call) stops the
+        systemd watchdog pings, so systemd restarts exactly that case.
+        """
+        limit = max(5.0, (self.notifier.watchdog_s or 20.0) / 2)
+        if time.monotonic() - self.last_frame_done < limit or self.paused.is_set() or self.detector is None:
+            return True
+        return bool(self.capture and self.capture.state in ("reconnecting", "ended", "starting"))
+
     def _housekeeping_loop(self) -> None:
         while not self.stop_event.wait(0.5):
+            if self.notifier.watchdog_s and self.healthy():
+                self.notifier.watchdog()
+            if not self.notifier.ready_sent and self.capture and self.capture.state == "reconnecting":
+                # READY comes with the first processed frame; a camera that is not there yet is a handled wait,
+                # so say so rather than let systemd time the start out.
+                self.notifier.ready(f"waiting for camera: {self.capture.last_error}")
             if time.monotonic() - self._last_stats >= self.cfg.stats.interval_s:
                 self._last_stats = time.monotonic()
                 self.publish_stats()
@@ -284,7 +313,7 @@ class Daemon:
         if not self.config_path:
             return False
         try:
-            new = config_mod.load(self.config_path)
+            new = config_mod.load_with_overrides(self.config_path)
         except ConfigError as exc:
             for key, msg in exc.problems:
                 where = f"{exc.file}: {key}: " if key else f"{exc.file}: "
@@ -294,11 +323,17 @@ class Daemon:
         return True
 
     def apply_config(self, new: Config) -> None:
+        """Swap in a validated config; only the stages whose settings changed are restarted."""
+        self.notifier.reloading()
         old, self.cfg = self.cfg, new
-        if new.device_id != old.device_id or new.mqtt != old.mqtt:
+        logging.getLogger().setLevel(new.log.level)
+        link_keys = ("host", "port", "topic_prefix", "client_id", "keepalive", "username", "password_file",
+                     "password_env", "tls", "tls_ca_certs", "tls_client_cert", "tls_client_key", "tls_insecure",
+                     "enabled")
+        if new.device_id != old.device_id or any(getattr(new.mqtt, k) != getattr(old.mqtt, k) for k in link_keys):
             if self.link:
                 self.link.stop()
-            self.link = MqttLink(new.mqtt, new.device_id, on_connected=self._on_connected) if new.mqtt.enabled else None
+            self.link = self._make_link(new) if new.mqtt.enabled else None
             if self.link:
                 self.link.start()
         elif self.link:
@@ -310,7 +345,8 @@ class Daemon:
             self.capture.stop()
             self.capture.join(timeout=5)
             self._start_capture()
-        log.info("config applied from %s", self.config_path)
+        self.notifier.send("READY=1")
+        log.info("config applied")
 
     # ---- process ------------------------------------------------------------------------------------------------
     def run_forever(self) -> int:

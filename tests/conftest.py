@@ -91,7 +91,8 @@ class Subscriber:
 
     def on(self, suffix: str) -> list[bytes]:
         with self.lock:
-            return [p for t, p, _ in self.messages if t.endswith("/" + suffix) or t == suffix]
+            # topics are <prefix>/<device_id>/<suffix>: match the suffix exactly (cmd/snapshot is not snapshot)
+            return [p for t, p, _ in self.messages if t == suffix or t.split("/", 2)[2:] == [suffix]]
 
     def json(self, suffix: str) -> list[dict]:
         return [json.loads(p) for p in self.on(suffix)]
@@ -147,6 +148,16 @@ def write_config(path: Path, data: dict) -> Path:
 
 
 def start_daemon(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """`ripeye run` as a subprocess; its log goes to a file beside the config (a pipe nobody reads would fill up
+    and block the daemon's logging). `daemon_log(proc)` reads it."""
     e = {**os.environ, "CI": "true", **(env or {})}
-    return subprocess.Popen([*RIPEYE, "run", "--config", str(config), *extra], cwd=REPO, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(config.with_suffix(f".{time.monotonic_ns()}.log"), "w")
+    proc = subprocess.Popen([*RIPEYE, "run", "--config", str(config), *extra], cwd=REPO, env=e,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = Path(log.name)
+    log.close()
+    return proc
+
+
+def daemon_log(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text(errors="replace")

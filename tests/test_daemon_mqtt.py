@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from daemon.schema import DETECTIONS_MESSAGE, ERROR_MESSAGE, STATS_MESSAGE
-from tests.conftest import REPO, RIPEYE, start_daemon, write_config
+from tests.conftest import REPO, RIPEYE, daemon_log, start_daemon, write_config
 
 
 def _cfg(tmp_path, broker, **sections):
@@ -29,7 +29,7 @@ def _stop(proc, sig=signal.SIGTERM):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    return daemon_log(proc)
 
 
 def test_publishes_schema_valid_detections_status_stats_config(tmp_path, broker, subscriber_factory, model_dir):

@@ -1,0 +1,148 @@
+"""MQTT commands under <prefix>/<id>/cmd/<name>, each answered on .../cmd/<name>/result as {ok, error?, ...}."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Callable
+
+import cv2
+import yaml
+
+from daemon import config as config_mod
+from daemon.config import ConfigError
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Daemon
+
+log = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A request that cannot be carried out; the message goes back to the caller."""
+
+
+class Commands:
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.handlers: dict[str, Callable[[dict], dict]] = {
+            "pause": self.pause, "resume": self.resume, "snapshot": self.snapshot, "set": self.set,
+            "reload": self.reload, "model": self.model, "stats": self.stats,
+        }
+
+    def handle(self, topic: str, payload: bytes, properties=None) -> None:
+        """Answer every message on cmd/<name>; nothing raised here reaches paho's thread."""
+        base = self.daemon.link.topic("cmd/")
+        if not topic.startswith(base):
+            return
+        name = topic[len(base):]
+        if "/" in name:  # our own .../result messages, or deeper topics
+            return
+        request: dict = {}
+        try:
+            text = payload.decode("utf-8").strip() if payload else ""
+            parsed = json.loads(text) if text else {}
+            if not isinstance(parsed, dict):
+                raise CommandError(f"payload must be a JSON object, not {type(parsed).__name__}")
+            request = parsed
+            if name not in self.handlers:
+                raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(self.handlers))}")
+            reply = {"ok": True, **self.handlers[name](request)}
+        except UnicodeDecodeError:
+            reply = {"ok": False, "error": "payload is not UTF-8 text"}
+        except json.JSONDecodeError as exc:
+            reply = {"ok": False, "error": f"malformed JSON: {exc.msg} at position {exc.pos}"}
+        except ConfigError as exc:
+            reply = {"ok": False, "error": str(exc), "keys": [k for k, _ in exc.problems]}
+        except CommandError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in one command must not take the daemon down
+            log.exception("command %s failed", name)
+            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        if "id" in request:
+            reply["id"] = request["id"]
+        if not reply["ok"]:
+            self.daemon.report_error("command", f"{topic}: {reply['error']}")
+        self.daemon.link.reply(f"cmd/{name}/result", reply, properties)
+
+    # ---- commands -----------------------------------------------------------------------------------------------
+    def pause(self, req: dict) -> dict:
+        self.daemon.paused.set()
+        return {"paused": True}
+
+    def resume(self, req: dict) -> dict:
+        self.daemon.paused.clear()
+        return {"paused": False}
+
+    def stats(self, req: dict) -> dict:
+        self.daemon.publish_stats()
+        return {}
+
+    def reload(self, req: dict) -> dict:
+        if not self.daemon.config_path:
+            raise CommandError("the daemon was started without a config file")
+        try:
+            new = config_mod.load_with_overrides(self.daemon.config_path)
+        except ConfigError:
+            raise
+        self.daemon.apply_config(new)
+        return {}
+
+    def set(self, req: dict) -> dict:
+        patch = req.get("patch")
+        if not isinstance(patch, dict) or not patch:
+            raise CommandError('give the change as "patch": {section: {key: value}} (a JSON merge-patch)')
+        config_mod.check_hot_patch(patch)
+        current = self.daemon.cfg
+        new = config_mod.validate(config_mod.merge_patch(current.model_dump(), patch), "set")
+        persist = bool(req.get("persist", False))
+        if persist:
+            file = config_mod.overrides_file(new)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            old = yaml.safe_load(file.read_text()) if file.is_file() else {}
+            tmp = file.with_suffix(".tmp")
+            tmp.write_text(yaml.safe_dump(config_mod.merge_patch(old or {}, patch)))
+            tmp.replace(file)
+        self.daemon.apply_config(new)
+        return {"applied": patch, "persisted": persist}
+
+    def model(self, req: dict) -> dict:
+        name = req.get("name")
+        choices = self.daemon.cfg.model.alternatives
+        if not isinstance(name, str) or name not in choices:
+            raise CommandError(f"unknown model {name!r}; configured: {', '.join(sorted(choices)) or 'none'} "
+                               "(model.alternatives in the config)")
+        data = self.daemon.cfg.model_dump()
+        data["model"]["path"] = choices[name]
+        self.daemon.apply_config(config_mod.validate(data, "model command"))
+        det = self.daemon.detector
+        return {"model": name, "backend": det.backend if det else None}
+
+    def snapshot(self, req: dict) -> dict:
+        latest = self.daemon.latest
+        if latest is None:
+            raise CommandError("no frame captured yet")
+        frame, detections = latest
+        image = frame.image
+        if req.get("annotate"):
+            image = annotate(image.copy(), detections)
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(req.get("quality", 85))])
+        if not ok:
+            raise CommandError("JPEG encoding failed")
+        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, droppable=False)
+        return {"frame_id": frame.frame_id, "bytes": int(jpeg.size), "topic": self.daemon.link.topic("snapshot"),
+                "captured_at": round(frame.captured_at, 3)}
+
+
+COLOURS = {"ripe": (40, 40, 230), "half_ripe": (30, 160, 240), "unripe": (60, 190, 60)}
+
+
+def annotate(image, detections):
+    """Boxes and labels drawn on a BGR image."""
+    for d in detections:
+        x1, y1, x2, y2 = (int(round(v)) for v in d.box)
+        colour = COLOURS.get(d.class_name, (255, 255, 255))
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
+        cv2.putText(image, f"{d.class_name} {d.confidence:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, colour, 1, cv2.LINE_AA)
+    return image
