@@ -86,6 +86,8 @@ make_venv() {  # $1 = venv dir, $2 = pip target spec
 if [ "$mode" = dev ]; then
   ensure_mosquitto
   make_venv "$here/.venv" "-e $here[dev,openvino,onnxruntime,ncnn,optimize]"
+  # pnnx's wheel lists torch (several GB) for a path we don't use; its ONNX→NCNN binary is self-contained.
+  "$here/.venv/bin/python" -m pip install -q --no-deps pnnx
   log "done: activate with 'source .venv/bin/activate'; run the tests with '.venv/bin/python -m pytest'"
   exit 0
 fi

@@ -75,7 +75,7 @@ class MqttConfig(Strict):
     tls_insecure: bool = False
     outbox_size: int = Field(1000, ge=1, description="messages kept while the broker is unreachable")
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0, description="back in touch within this long of the broker's return")
 
     @field_validator("topic_prefix")
     @classmethod

@@ -82,7 +82,7 @@ class MqttLink:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, reconnect_on_failure=True)
         self.client.will_set(self.topic("status"), "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=int(cfg.reconnect_max_s))
+        self.client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
         # paho's own queue is left unbounded; we bound what we hand it (see _send) so that replies and errors are
         # never refused while bulk detections are.
         self.client.max_inflight_messages_set(100)

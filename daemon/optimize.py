@@ -151,7 +151,7 @@ def ncnn_convert(onnx_path: Path, out: Path, size: tuple[int, int], fp16: bool) 
     work.mkdir(exist_ok=True)
     src = work / "model.onnx"
     shutil.copy(onnx_path, src)
-    pnnx = shutil.which("pnnx") or str(Path(sys.executable).parent / "pnnx")
+    pnnx = pnnx_binary()
     cmd = [pnnx, str(src), f"inputshape=[1,3,{size[1]},{size[0]}]", f"fp16={int(fp16)}",
            f"ncnnparam={dest / 'model.ncnn.param'}", f"ncnnbin={dest / 'model.ncnn.bin'}",
            f"pnnxparam={work / 'model.pnnx.param'}", f"pnnxbin={work / 'model.pnnx.bin'}",
@@ -164,6 +164,22 @@ def ncnn_convert(onnx_path: Path, out: Path, size: tuple[int, int], fp16: bool) 
         raise RuntimeError(f"pnnx failed ({r.returncode}): {(r.stderr or r.stdout)[-400:]}")
     # pnnx names the weights file after the param file with .bin; our runtime expects model.ncnn.bin beside it
     return Step("ncnn", precision, [rel(param, out), rel(dest / "model.ncnn.bin", out)])
+
+
+def pnnx_binary() -> str:
+    """The pnnx executable shipped inside the pnnx wheel, found without importing the package (which imports torch:
+    only its TorchScript path needs torch, the ONNX → NCNN conversion is the self-contained binary)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pnnx")
+    if spec and spec.submodule_search_locations:
+        exe = Path(list(spec.submodule_search_locations)[0]) / "pnnx"
+        if exe.is_file():
+            return str(exe)
+    found = shutil.which("pnnx")
+    if not found:
+        raise RuntimeError("pnnx not installed: pip install --no-deps pnnx")
+    return found
 
 
 def tensorrt_options(out: Path, onnx_rel: str, int8_rel: Optional[str]) -> Step:
