@@ -123,7 +123,9 @@ mkdir -p "$dest/app"
   | tar -xf - -C "$dest/app"
 make_venv "$dest/venv" "$dest/app[$extra]"
 if [ ! -f "$etc/ripeye.yaml" ]; then
-  sed "s#^  \# path: /opt/ripeye/models/tomato-yolo11n#  path: $prefix/app/models/tomato-yolo11n#" \
+  sed -e "s#^  \# path: /opt/ripeye/models/tomato-yolo11n#  path: $prefix/app/models/tomato-yolo11n#" \
+      -e "s#^state_dir: .*#state_dir: /var/lib/ripeye#" \
+      -e "s#^  cache_dir: .*#  cache_dir: /var/cache/ripeye#" \
     "$here/config/ripeye.yaml" > "$etc/ripeye.yaml"
   log "installed $etc/ripeye.yaml"
 else
