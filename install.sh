@@ -12,6 +12,7 @@ uninstall=0
 purge=0
 extra=""
 python="${PYTHON:-python3}"
+SUPERVISION_VERSION=0.27.0  # still ships ByteTrack (later releases moved trackers to another package)
 
 usage() {
   cat <<USAGE
@@ -85,9 +86,10 @@ make_venv() {  # $1 = venv dir, $2 = pip target spec
 
 if [ "$mode" = dev ]; then
   ensure_mosquitto
-  make_venv "$here/.venv" "-e $here[dev,openvino,onnxruntime,ncnn,optimize]"
+  make_venv "$here/.venv" "-e $here[dev,openvino,onnxruntime,ncnn,optimize,tracking]"
   # pnnx's wheel lists torch (several GB) for a path we don't use; its ONNX→NCNN binary is self-contained.
-  "$here/.venv/bin/python" -m pip install -q --no-deps pnnx
+  # supervision's wheel lists opencv-python, which would clobber the headless OpenCV the daemon uses.
+  "$here/.venv/bin/python" -m pip install -q --no-deps pnnx "supervision==$SUPERVISION_VERSION"
   log "done: activate with 'source .venv/bin/activate'; run the tests with '.venv/bin/python -m pytest'"
   exit 0
 fi
@@ -121,7 +123,8 @@ rm -rf "$dest/app"
 mkdir -p "$dest/app"
 (cd "$here" && tar --exclude=.venv --exclude=.git --exclude='__pycache__' -cf - daemon models config pyproject.toml README.md) \
   | tar -xf - -C "$dest/app"
-make_venv "$dest/venv" "$dest/app[$extra]"
+make_venv "$dest/venv" "$dest/app[$extra,tracking]"
+"$dest/venv/bin/python" -m pip install -q --no-deps "supervision==$SUPERVISION_VERSION"
 if [ ! -f "$etc/ripeye.yaml" ]; then
   sed -e "s#^  \# path: /opt/ripeye/models/tomato-yolo11n#  path: $prefix/app/models/tomato-yolo11n#" \
       -e "s#^state_dir: .*#state_dir: /var/lib/ripeye#" \

@@ -122,10 +122,10 @@ class Commands:
         latest = self.daemon.latest
         if latest is None:
             raise CommandError("no frame captured yet")
-        frame, detections = latest
+        frame, detections, track_ids = latest
         image = frame.image
         if req.get("annotate"):
-            image = annotate(image.copy(), detections)
+            image = annotate(image.copy(), detections, track_ids)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(req.get("quality", 85))])
         if not ok:
             raise CommandError("JPEG encoding failed")
@@ -137,12 +137,13 @@ class Commands:
 COLOURS = {"ripe": (40, 40, 230), "half_ripe": (30, 160, 240), "unripe": (60, 190, 60)}
 
 
-def annotate(image, detections):
-    """Boxes and labels drawn on a BGR image."""
-    for d in detections:
+def annotate(image, detections, track_ids=None):
+    """Boxes, class, confidence and track id drawn on a BGR image."""
+    for i, d in enumerate(detections):
         x1, y1, x2, y2 = (int(round(v)) for v in d.box)
         colour = COLOURS.get(d.class_name, (255, 255, 255))
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        cv2.putText(image, f"{d.class_name} {d.confidence:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, colour, 1, cv2.LINE_AA)
+        tid = track_ids[i] if track_ids and track_ids[i] is not None else None
+        label = f"{'#' + str(tid) + ' ' if tid is not None else ''}{d.class_name} {d.confidence:.2f}"
+        cv2.putText(image, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return image

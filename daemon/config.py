@@ -97,6 +97,63 @@ class StatsConfig(Strict):
     interval_s: float = Field(10.0, gt=0)
 
 
+class TrackingConfig(Strict):
+    enabled: bool = True
+    activation_threshold: float = Field(0.25, ge=0, le=1, description="min confidence to start a track")
+    match_threshold: float = Field(0.8, gt=0, le=1, description="ByteTrack matching threshold")
+    lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
+    history: int = Field(30, ge=1, description="class observations kept per track")
+    smoothing: float = Field(0.3, gt=0, le=1, description="EMA weight of a new observation in the ripeness score")
+
+
+class TargetsConfig(Strict):
+    enabled: bool = True
+    classes: list[str] = Field(default_factory=lambda: ["ripe"])
+    min_frames: int = Field(3, ge=1, description="frames a track must be a target class before it is offered")
+    min_age_ms: float = Field(200, ge=0, description="... and for at least this long")
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_score: float = Field(0.6, ge=0, le=1, description="smoothed ripeness score needed")
+    valid_ms: float = Field(300, gt=0, description="how long an announced position may be trusted")
+    reannounce_ms: float = Field(250, gt=0, description="re-announce a valid target this often")
+    claim_timeout_s: float = Field(10, gt=0, description="a claimed target is offered again after this")
+    picked_radius_px: float = Field(40, ge=0, description="new tracks this close to a picked tomato are suppressed")
+    picked_window_s: float = Field(60, ge=0, description="... for this long after the pick")
+    qos: int = Field(1, ge=0, le=2)
+
+
+class CalibrationConfig(Strict):
+    """Pixel → arm-plane coordinates (mm): a homography, or ≥ 4 point pairs it is computed from."""
+
+    homography: Optional[list[list[float]]] = None
+    points: list[dict[str, list[float]]] = Field(default_factory=list,
+                                                 description="[{pixel: [u, v], arm: [x_mm, y_mm]}, ...]")
+
+    @field_validator("homography")
+    @classmethod
+    def _three_by_three(cls, v):
+        if v is not None and (len(v) != 3 or any(len(row) != 3 for row in v)):
+            raise ValueError("must be a 3×3 matrix")
+        return v
+
+    @field_validator("points")
+    @classmethod
+    def _pairs(cls, v):
+        if v and len(v) < 4:
+            raise ValueError("need at least 4 point pairs")
+        for i, p in enumerate(v):
+            if set(p) != {"pixel", "arm"} or len(p["pixel"]) != 2 or len(p["arm"]) != 2:
+                raise ValueError(f"point {i}: expected {{pixel: [u, v], arm: [x, y]}}")
+        return v
+
+
+class HttpConfig(Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
+    jpeg_quality: int = Field(75, ge=10, le=100)
+
+
 class LogConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -110,6 +167,10 @@ class Config(Strict):
     detect: DetectConfig = DetectConfig()
     mqtt: MqttConfig = MqttConfig()
     stats: StatsConfig = StatsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    targets: TargetsConfig = TargetsConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("device_id")
@@ -176,7 +237,7 @@ def load(path: Optional[str | Path]) -> Config:
 
 
 # Keys the `set` command may change at run time (all applied without restarting any stage).
-HOT_SETTABLE = {"detect", "stats", "log", "mqtt.qos"}
+HOT_SETTABLE = {"detect", "stats", "log", "mqtt.qos", "targets"}
 
 
 def check_hot_patch(patch: dict) -> None:

@@ -38,7 +38,7 @@ def runtime_options(cfg: Config) -> RuntimeOptions:
 
 
 def detection_payload(frame: Frame, detections: list, detector: Detector, latency_ms: dict,
-                      published_at: float) -> dict:
+                      published_at: float, track_ids: Optional[list] = None) -> dict:
     """The `detections` message body (schema 1); see README for an example."""
     h, w = frame.image.shape[:2]
     return {
@@ -51,7 +51,7 @@ def detection_payload(frame: Frame, detections: list, detector: Detector, latenc
         "backend": detector.backend,
         "precision": detector.runtime.precision,
         "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
-        "detections": [d.to_json(w, h) for d in detections],
+        "detections": [d.to_json(w, h, track_ids[i] if track_ids else None) for i, d in enumerate(detections)],
     }
 
 
@@ -93,21 +93,86 @@ class Daemon:
         from daemon.commands import Commands
 
         self.commands = Commands(self)
+        from daemon.web import Metrics
+
+        self.metrics = Metrics()
+        self.web = None
+        self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.mqtt.enabled:
             self.link = self._make_link(self.cfg)
             self.link.start()
+        threading.Thread(target=lambda: setattr(self, "harvest", self._make_harvest(self.cfg)), name="tracking-init",
+                         daemon=True).start()
         self._load_detector()
         self._start_capture()
         for i in range(self.cfg.runtime.inflight):
             self._spawn(self._inference_loop, f"inference-{i}")
         self._spawn(self._output_loop, "output")
+        if self.cfg.http.enabled:
+            self._start_web()
         self._spawn(self._housekeeping_loop, "housekeeping")
 
     def _make_link(self, cfg: Config) -> MqttLink:
-        return MqttLink(cfg.mqtt, cfg.device_id, on_message=self.commands.handle, on_connected=self._on_connected)
+        link = MqttLink(cfg.mqtt, cfg.device_id, on_message=self._on_message, on_connected=self._on_connected)
+        link.subscriptions.append(link.topic("arm/+"))
+        return link
+
+    def _make_harvest(self, cfg: Config):
+        if not (cfg.tracking.enabled or cfg.targets.enabled):
+            return None
+        from daemon.harvest import Harvest, TrackingUnavailable
+
+        try:
+            return Harvest(cfg.tracking, cfg.targets, cfg.calibration, fps=cfg.source.fps or 10.0)
+        except (TrackingUnavailable, ValueError) as exc:
+            self.report_error("tracking", f"tracking and targets off: {exc}", key="tracking.enabled")
+            return None
+
+    def _on_message(self, topic: str, payload: bytes, properties=None) -> None:
+        if topic.startswith(self.link.topic("arm/")):
+            self._on_arm(topic, payload)
+        else:
+            self.commands.handle(topic, payload, properties)
+
+    def _on_arm(self, topic: str, payload: bytes) -> None:
+        """claim / picked / failed from the arm, each acknowledged on arm/<action>/result."""
+        action = topic.rsplit("/", 1)[-1]
+        if action not in ("claim", "picked", "failed"):
+            return
+        try:
+            body = json.loads(payload.decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("payload must be a JSON object like {\"track_id\": 17}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            reply = {"ok": False, "error": f"malformed request: {exc}"}
+            body = {}
+        else:
+            reply = (self.harvest.arm_event(action, body.get("track_id")) if self.harvest
+                     else {"ok": False, "error": "targets are off (tracking unavailable)"})
+        if "id" in body:
+            reply["id"] = body["id"]
+        self.link.publish(f"arm/{action}/result", reply, qos=1, droppable=False)
+
+    def _start_web(self) -> None:
+        from daemon.web import WebServer
+
+        try:
+            self.web = WebServer(self, self.cfg.http, self.metrics)
+            self.web.start()
+        except OSError as exc:  # port taken: the daemon still runs, the live view does not
+            self.report_error("http", f"cannot serve on {self.cfg.http.host}:{self.cfg.http.port}: {exc}",
+                              key="http.port")
+            self.web = None
+
+    def refresh_metrics(self) -> None:
+        m = self.metrics
+        m.fps.set(self.stages.fps())
+        m.dropped.set(self.frames.dropped + self.results_dropped)
+        m.reconnects.set(max(0, self.link.connects - 1) if self.link else 0)
+        m.camera_reconnects.set(self.capture.reconnects if self.capture else 0)
 
     def _spawn(self, target, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -154,6 +219,8 @@ class Daemon:
             t.join(timeout=5)
         if self.link:
             self.link.stop()
+        if self.web:
+            self.web.stop()
 
     # ---- stages -------------------------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
@@ -208,15 +275,25 @@ class Daemon:
         t1 = time.perf_counter()
         latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
                    "postprocess": (t1 - t0) * 1000}
+        track_ids, targets = (self.harvest.update(detections, r.frame.captured_at) if self.harvest
+                              else (None, []))
         now = time.time()
         latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000
-        payload = detection_payload(r.frame, detections, r.detector, latency, now)
+        payload = detection_payload(r.frame, detections, r.detector, latency, now, track_ids)
         if self.link:
             self.link.publish("detections", payload, qos=cfg.mqtt.qos)
+            if cfg.targets.enabled:
+                for msg in targets:
+                    msg["published_at"] = round(time.time(), 4)
+                    msg["latency_ms"] = round((time.perf_counter() - r.frame.t_capture) * 1000, 2)
+                    self.link.publish("targets", msg, qos=cfg.targets.qos, droppable=False)
         latency["publish"] = (time.perf_counter() - t1) * 1000
         self.stages.add(latency)
+        self.metrics.observe(latency, detections, targets)
+        if self.web and self.web.live.wants_frame():
+            self.web.live.offer(r.frame.image, detections, track_ids, self.stages.fps())
         self.last_frame_done = time.monotonic()
-        self.latest = (r.frame, detections)
+        self.latest = (r.frame, detections, track_ids)
         if self.first_publish_at is None:
             self.first_publish_at = now
             log.info("first detections published %.2f s after start", now - self.started_at)
@@ -261,6 +338,7 @@ class Daemon:
             "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
                      "outbox_dropped": self.link.outbox.dropped} if self.link else None,
             "errors": self.errors_total,
+            "targets": self.harvest.counts() if self.harvest else None,
             "rss_mb": round(mem.rss / 2**20, 1),
             "cpu_temperature_c": cpu_temperature(),
         }
@@ -338,6 +416,10 @@ class Daemon:
                 self.link.start()
         elif self.link:
             self._on_connected()
+        if self.harvest and (new.targets != old.targets):
+            self.harvest.cfg = new.targets
+        if (new.tracking, new.calibration) != (old.tracking, old.calibration):
+            self.harvest = self._make_harvest(new)
         if (new.model, new.runtime.backend, new.runtime.threads, new.runtime.device) != (
                 old.model, old.runtime.backend, old.runtime.threads, old.runtime.device):
             self._load_detector()

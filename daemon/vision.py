@@ -116,9 +116,9 @@ class Detection:
     confidence: float
     box: tuple[float, float, float, float]
 
-    def to_json(self, frame_w: int, frame_h: int) -> dict:
+    def to_json(self, frame_w: int, frame_h: int, track_id: int | None = None) -> dict:
         x1, y1, x2, y2 = self.box
-        return {
+        out = {
             "class": self.class_name,
             "class_id": self.class_id,
             "confidence": round(self.confidence, 4),
@@ -127,6 +127,9 @@ class Detection:
                          round(x2 / frame_w, 5), round(y2 / frame_h, 5)],
             "center": [round((x1 + x2) / 2, 1), round((y1 + y2) / 2, 1)],
         }
+        if track_id is not None:
+            out["track_id"] = track_id
+        return out
 
 
 def postprocess(

@@ -1,0 +1,161 @@
+"""Optional HTTP server: a live view (annotated MJPEG), Prometheus metrics and a health check."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Optional
+
+import cv2
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from daemon.config import HttpConfig
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Daemon
+
+log = logging.getLogger(__name__)
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>ripeye · {device}</title>
+<style>body{{background:#111;color:#ddd;font:14px sans-serif;margin:16px}} img{{max-width:100%;border:1px solid #333}}
+</style></head><body><h3>ripeye · {device}</h3><img id="live" src="/stream.mjpg" alt="live view">
+<p><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a></p></body></html>
+"""
+BOUNDARY = "ripeyeframe"
+
+
+class Metrics:
+    """Prometheus metrics of one daemon (own registry, so tests can run several daemons in one process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.fps = Gauge("ripeye_fps", "Processed frames per second", registry=r)
+        self.frames = Counter("ripeye_frames_total", "Frames processed", registry=r)
+        self.dropped = Gauge("ripeye_dropped_frames", "Frames dropped by the newest-only hand-offs", registry=r)
+        buckets = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
+        self.latency = Histogram("ripeye_stage_latency_ms", "Per-stage latency (ms)", ["stage"], buckets=buckets,
+                                 registry=r)
+        self.detections = Counter("ripeye_detections_total", "Detections published", ["class"], registry=r)
+        self.targets = Counter("ripeye_targets_total", "Target messages published", ["state"], registry=r)
+        self.reconnects = Gauge("ripeye_mqtt_reconnects", "MQTT reconnects since start", registry=r)
+        self.camera_reconnects = Gauge("ripeye_camera_reconnects", "Camera reopenings since start", registry=r)
+
+    def observe(self, latency: dict, detections, targets) -> None:
+        self.frames.inc()
+        for stage, ms in latency.items():
+            self.latency.labels(stage).observe(ms)
+        for d in detections:
+            self.detections.labels(d.class_name).inc()
+        for t in targets:
+            self.targets.labels(t["state"]).inc()
+
+
+class LiveView:
+    """The newest annotated JPEG; frames are only encoded while someone watches."""
+
+    def __init__(self, cfg: HttpConfig):
+        self.cfg = cfg
+        self.cond = threading.Condition()
+        self.jpeg: Optional[bytes] = None
+        self.seq = 0
+        self.watchers = 0
+        self.last_encoded = 0.0
+
+    def wants_frame(self) -> bool:
+        return self.watchers > 0 and time.monotonic() - self.last_encoded >= 1.0 / self.cfg.stream_fps
+
+    def offer(self, image, detections, track_ids, fps: float) -> None:
+        from daemon.commands import annotate
+
+        self.last_encoded = time.monotonic()
+        img = annotate(image.copy(), detections, track_ids)
+        cv2.putText(img, f"{fps:.1f} fps", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        if ok:
+            with self.cond:
+                self.jpeg, self.seq = buf.tobytes(), self.seq + 1
+                self.cond.notify_all()
+
+
+def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "ripeye"
+
+        def log_message(self, fmt, *args):  # route to our logger, quietly
+            log.debug("http %s - %s", self.address_string(), fmt % args)
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/":
+                self._send(200, PAGE.format(device=daemon.cfg.device_id).encode(), "text/html; charset=utf-8")
+            elif path == "/metrics":
+                daemon.refresh_metrics()
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                age = time.monotonic() - daemon.last_frame_done
+                healthy = daemon.healthy()
+                body = {"ok": healthy, "last_frame_age_s": round(age, 2), "fps": round(daemon.stages.fps(), 2),
+                        "camera": daemon.capture.state if daemon.capture else None,
+                        "backend": daemon.detector.backend if daemon.detector else None}
+                self._send(200 if healthy else 503, json.dumps(body).encode(), "application/json")
+            elif path == "/stream.mjpg":
+                self._stream()
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _stream(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            with live.cond:
+                live.watchers += 1
+            seen = -1
+            try:
+                while not daemon.stop_event.is_set():
+                    with live.cond:
+                        live.cond.wait_for(lambda last=seen: live.seq != last or daemon.stop_event.is_set(),
+                                           timeout=1.0)
+                        jpeg, seq = live.jpeg, live.seq
+                    if jpeg is None or seq == seen:
+                        continue
+                    seen = seq
+                    self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                                     .encode() + jpeg + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                with live.cond:
+                    live.watchers -= 1
+
+    return Handler
+
+
+class WebServer:
+    def __init__(self, daemon: Daemon, cfg: HttpConfig, metrics: Metrics):
+        self.live = LiveView(cfg)
+        self.server = ThreadingHTTPServer((cfg.host, cfg.port), make_handler(daemon, self.live, metrics))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("http: live view on http://%s:%s/", *self.server.server_address[:2])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
