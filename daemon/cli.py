@@ -158,6 +158,38 @@ def cmd_watch(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    """Fit the pixel → arm homography from ≥ 4 point pairs and print the config snippet and its error."""
+    import numpy as np
+    import yaml
+
+    from daemon.harvest import fit_homography
+
+    pairs: list[dict] = []
+    if args.file:
+        data = yaml.safe_load(Path(args.file).read_text())
+        pairs = data.get("points", data) if isinstance(data, dict) else data
+    for text in args.pair or []:
+        try:
+            px, arm = text.split("=")
+            pairs.append({"pixel": [float(v) for v in px.split(",")], "arm": [float(v) for v in arm.split(",")]})
+        except ValueError:
+            print(f"ripeye calibrate: cannot read pair {text!r} (expected U,V=X,Y)", file=sys.stderr)
+            return 2
+    try:
+        cal = fit_homography(np.array([p["pixel"] for p in pairs], float), np.array([p["arm"] for p in pairs], float))
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"ripeye calibrate: {exc}", file=sys.stderr)
+        return 2
+    snippet = {"calibration": {"homography": [[round(float(v), 9) for v in row] for row in cal.matrix]}}
+    print(yaml.safe_dump(snippet, default_flow_style=None).strip())
+    print(f"# {len(pairs)} point pairs, RMS reprojection error {cal.rms_error:.2f} mm", flush=True)
+    if args.max_error is not None and cal.rms_error > args.max_error:
+        print(f"ripeye calibrate: error {cal.rms_error:.2f} mm exceeds --max-error {args.max_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from daemon import doctor
 
@@ -242,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--width", type=int, default=200, help="truncate payloads to this many characters")
     watch.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl-C)")
     watch.set_defaults(func=cmd_watch)
+
+    cal = sub.add_parser("calibrate", help="fit the pixel → arm homography from point pairs")
+    cal.add_argument("--pair", action="append", metavar="U,V=X,Y", help="pixel U,V maps to arm X,Y (mm); ≥ 4")
+    cal.add_argument("--file", help="YAML list of {pixel: [u, v], arm: [x, y]}")
+    cal.add_argument("--max-error", type=float, help="fail when the RMS error (mm) is above this")
+    cal.set_defaults(func=cmd_calibrate)
 
     doc = sub.add_parser("doctor", help="show hardware, backends, artifacts and the choice made")
     doc.add_argument("--config", "-c", default=None)

@@ -51,7 +51,7 @@ class Track:
     target_since: Optional[float] = None
     state: str = "tracking"  # tracking | available | claimed | picked | suppressed
     claimed_at: float = 0.0
-    last_announced: float = 0.0
+    last_announced: float = float("-inf")
 
     @property
     def center(self) -> tuple[float, float]:
@@ -111,7 +111,8 @@ class Harvest:
         self.withdrawn = 0
 
     # ---- per frame ------------------------------------------------------------------------------------------------
-    def update(self, detections: list[Detection], captured_at: float) -> tuple[list[Optional[int]], list[dict]]:
+    def update(self, detections: list[Detection], captured_at: float,
+               frame_id: Optional[int] = None) -> tuple[list[Optional[int]], list[dict]]:
         """Assign track ids to this frame's detections; return (ids in detection order, target messages)."""
         ids: list[Optional[int]] = [None] * len(detections)
         with self.lock:
@@ -132,6 +133,8 @@ class Harvest:
                 seen.add(tid)
                 self._observe(tid, detections[index], captured_at)
             messages = self._decide(captured_at, seen)
+        for m in messages:
+            m["frame_id"] = frame_id
         return ids, messages
 
     def _observe(self, tid: int, det: Detection, now: float) -> None:
@@ -173,7 +176,7 @@ class Harvest:
                 continue
             if t.state == "claimed" and now - t.claimed_at > cfg.claim_timeout_s:
                 t.state = "available"  # the arm went quiet: offer it again
-                t.last_announced = 0.0
+                t.last_announced = float("-inf")
             if t.state == "tracking" and self._qualifies(t, now):
                 t.state = "available"
             if t.state == "available" and tid in seen:
@@ -234,7 +237,7 @@ class Harvest:
             if action == "failed":
                 if t is None:
                     return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
-                t.state, t.last_announced = "tracking", 0.0  # qualifies again on the next frame
+                t.state, t.last_announced = "tracking", float("-inf")  # qualifies again on the next frame
                 return {"ok": True, "track_id": track_id, "state": "available-again"}
         return {"ok": False, "error": f"unknown arm action {action!r}"}
 

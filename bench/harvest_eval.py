@@ -1,0 +1,173 @@
+"""Harvest figures on the sample clip: track-id switches per ripe tomato, re-announcements of picked tomatoes,
+whether every qualifying ripe tomato was offered, and target vs detection latency.
+
+Runs `ripeye run` on the clip (played once) against a private mosquitto with examples/arm_client.py picking,
+then scores the messages against the clip's ground truth (tests/fixtures/sample_clip_truth.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRUTH = REPO / "tests" / "fixtures" / "sample_clip_truth.json"
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_frame(dets: list[dict], truth_boxes: list[dict], min_iou: float = 0.5) -> dict[int, str]:
+    """Greedy IoU matching: detection index → ground-truth object."""
+    pairs = sorted(((_iou(d["box"], t["box"]), i, t["object"]) for i, d in enumerate(dets)
+                    for t in truth_boxes), reverse=True)
+    used_d, used_t, out = set(), set(), {}
+    for iou, i, obj in pairs:
+        if iou < min_iou:
+            break
+        if i in used_d or obj in used_t:
+            continue
+        used_d.add(i)
+        used_t.add(obj)
+        out[i] = obj
+    return out
+
+
+def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confidence: float = 0.5,
+            min_frames: int = 3) -> dict:
+    frames = {f["frame"]: f for f in truth["frames"]}
+    truth_class = {b["object"]: b["class"] for f in truth["frames"] for b in f["boxes"]}
+    tracks_of: dict[str, list[int]] = {}
+    ripe_hits: dict[str, int] = {}
+    object_of_track: dict[int, str] = {}
+    for msg in sorted(detections, key=lambda m: m["frame_id"]):
+        f = frames.get(msg["frame_id"])
+        if f is None:
+            continue
+        for i, obj in match_frame(msg["detections"], f["boxes"]).items():
+            d = msg["detections"][i]
+            if d.get("track_id") is None:
+                continue
+            tracks_of.setdefault(obj, []).append(d["track_id"])
+            object_of_track.setdefault(d["track_id"], obj)
+            if d["class"] == "ripe" and d["confidence"] >= min_confidence:
+                ripe_hits[obj] = ripe_hits.get(obj, 0) + 1
+    ripe_objects = [o for o in tracks_of if truth_class[o] == "ripe"]
+    switches = {o: len(dict.fromkeys(tracks_of[o])) - 1 for o in ripe_objects}
+    offered = [e for e in arm_log if e["kind"] == "target" and e["state"] == "available"]
+    offered_objects = {object_of_track.get(e["track_id"]) for e in offered}
+    qualifying = [o for o, n in ripe_hits.items() if n >= min_frames + 2]
+    picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
+    picked_objects = {object_of_track.get(t): when for t, when in picked_at.items()}
+    reannounced = [e for e in offered if e["track_id"] in picked_at and e["arrived"] > picked_at[e["track_id"]]]
+    reoffered_objects = [e for e in offered if e["track_id"] not in picked_at
+                         and object_of_track.get(e["track_id"]) in picked_objects
+                         and e["arrived"] > picked_objects[object_of_track.get(e["track_id"])]]
+    det_latency = [m["published_at"] - m["captured_at"] for m in detections]
+    target_latency = [e["published_at"] - e["captured_at"] for e in offered if "published_at" in e]
+    return {
+        "ripe_tomatoes_tracked": len(ripe_objects),
+        "id_switches_max": max(switches.values(), default=0),
+        "id_switches_mean": round(statistics.mean(switches.values()), 3) if switches else 0.0,
+        "qualifying_ripe": len(qualifying),
+        "qualifying_offered": sum(1 for o in qualifying if o in offered_objects),
+        "targets_offered": len({e["track_id"] for e in offered}),
+        "picked": len(picked_at),
+        "reannounced_after_pick": len(reannounced),
+        "reoffered_same_tomato_after_pick": len(reoffered_objects),
+        "detection_latency_ms_median": round(statistics.median(det_latency) * 1000, 2) if det_latency else None,
+        "target_latency_ms_median": round(statistics.median(target_latency) * 1000, 2) if target_latency else None,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(model: str | None, fps: float, workdir: Path, port: int | None = None, threads: int = 0) -> dict:
+    """Play the clip once through the daemon with the arm simulator picking; return analyse()'s figures."""
+    import paho.mqtt.client as mqtt
+    import yaml
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from arm_client import ArmSimulator
+
+    broker = None
+    if port is None:
+        port = free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    detections: list[dict] = []
+    lock = threading.Lock()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("harvest/clip/detections", qos=0)
+    sub.on_message = lambda c, u, m: lock.acquire() or detections.append(json.loads(m.payload)) or lock.release()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    arm = ArmSimulator("127.0.0.1", port, "harvest", "clip", pick_time_s=0.0).start()
+    cfg = {"device_id": "clip", "source": {"uri": "sample", "loop": False, "fps": fps},
+           "mqtt": {"port": port, "topic_prefix": "harvest"}, "runtime": {"threads": threads},
+           "stats": {"interval_s": 1}}
+    if model:
+        cfg["model"] = {"path": model}
+    path = workdir / "harvest.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = open(workdir / "daemon.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        truth = json.loads(TRUTH.read_text())
+        last = len(truth["frames"])
+        deadline = time.time() + 30 + last / fps * 3
+        while time.time() < deadline:
+            with lock:
+                done = any(m["frame_id"] >= last - 2 for m in detections)
+            if done or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        time.sleep(1.5)  # let the last tracks end and be withdrawn
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        arm.stop()
+        sub.loop_stop()
+        if broker:
+            broker.terminate()
+    with lock:
+        return analyse(list(detections), list(arm.log), truth)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None)
+    p.add_argument("--fps", type=float, default=10.0, help="clip playback rate (the clip's own is 10)")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "harvest.json"))
+    args = p.parse_args()
+    figures = run(args.model, args.fps, Path(tempfile.mkdtemp(prefix="ripeye-harvest-")))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Harvest logic on synthetic frames: debouncing, re-announce rate, claim/picked/failed, suppression, calibration."""
+
+import numpy as np
+import pytest
+
+from daemon.config import CalibrationConfig, TargetsConfig, TrackingConfig
+from daemon.harvest import Harvest, fit_homography
+from daemon.vision import Detection
+
+RIPE = Detection("ripe", 0, 0.9, (100.0, 100.0, 160.0, 160.0))
+GREEN = Detection("unripe", 2, 0.9, (300.0, 300.0, 360.0, 360.0))
+
+
+def harvest(**targets):
+    cfg = TargetsConfig(**{"min_frames": 3, "min_age_ms": 200, "reannounce_ms": 250, **targets})
+    return Harvest(TrackingConfig(lost_after_s=0.5), cfg, CalibrationConfig(), fps=10)
+
+
+def play(h, frames, start=0.0, dt=0.1, dets=(RIPE, GREEN)):
+    """Feed `frames` frames 100 ms apart; return every target message."""
+    out = []
+    for i in range(frames):
+        ids, msgs = h.update(list(dets), start + i * dt, frame_id=i + 1)
+        out += msgs
+    return out, ids
+
+
+def test_ripe_offered_after_debounce_and_unripe_never():
+    h = harvest()
+    msgs, ids = play(h, 2)
+    assert msgs == []  # 2 frames < min_frames
+    msgs, ids = play(h, 3, start=0.2)
+    assert [m["state"] for m in msgs] == ["available"] and msgs[0]["class"] == "ripe"
+    m = msgs[0]
+    assert m["track_id"] == ids[0] and m["box"] == [100.0, 100.0, 160.0, 160.0] and m["center"] == [130.0, 130.0]
+    assert m["expires_at"] == pytest.approx(m["captured_at"] + 0.3) and "arm_xy" not in m
+    assert ids[0] != ids[1]  # both tracked, only the ripe one offered
+
+
+def test_reannounced_at_the_configured_rate():
+    h = harvest()
+    msgs, _ = play(h, 30)  # 3 s
+    available = [m for m in msgs if m["state"] == "available"]
+    assert 9 <= len(available) <= 12  # every 250 ms once offered
+
+
+def test_claim_holds_then_times_out():
+    h = harvest(claim_timeout_s=1.0)
+    msgs, ids = play(h, 5)
+    tid = ids[0]
+    assert h.arm_event("claim", tid, now=0.5)["ok"]
+    assert not h.arm_event("claim", tid, now=0.55)["ok"]  # nobody else gets it
+    msgs, _ = play(h, 5, start=0.5)
+    assert all(m["state"] != "available" for m in msgs)
+    msgs, _ = play(h, 10, start=1.6)  # past the claim timeout
+    assert any(m["state"] == "available" for m in msgs)
+
+
+def test_picked_never_again_even_after_occlusion():
+    h = harvest(picked_radius_px=40, picked_window_s=60)
+    _, ids = play(h, 5)
+    tid = ids[0]
+    assert h.arm_event("claim", tid, now=0.5)["ok"] and h.arm_event("picked", tid, now=0.6)["ok"]
+    msgs, _ = play(h, 10, start=0.6)
+    assert not [m for m in msgs if m["state"] == "available"]
+    # occlusion: nothing seen for 2 s, the track ends; the tomato is seen again 10 px away under a new id
+    play(h, 20, start=1.6, dets=(GREEN,))
+    moved = Detection("ripe", 0, 0.9, (110.0, 100.0, 170.0, 160.0))
+    msgs, ids2 = play(h, 20, start=3.6, dets=(moved, GREEN))
+    assert ids2[0] != tid
+    assert not [m for m in msgs if m["state"] == "available"]
+
+
+def test_failed_pick_is_offered_again():
+    h = harvest()
+    _, ids = play(h, 5)
+    tid = ids[0]
+    h.arm_event("claim", tid, now=0.5)
+    assert h.arm_event("failed", tid, now=0.6)["state"] == "available-again"
+    msgs, _ = play(h, 6, start=0.6)
+    assert any(m["state"] == "available" and m["track_id"] == tid for m in msgs)
+
+
+def test_lost_track_is_withdrawn():
+    h = harvest()
+    msgs, ids = play(h, 5)
+    msgs, _ = play(h, 10, start=0.5, dets=(GREEN,))
+    lost = [m for m in msgs if m["state"] == "lost"]
+    assert len(lost) == 1 and lost[0]["track_id"] == ids[0]
+
+
+def test_turning_unripe_withdraws():
+    h = harvest(min_score=0.6)
+    play(h, 5)
+    flipped = Detection("half_ripe", 1, 0.9, RIPE.box)
+    msgs, _ = play(h, 5, start=0.5, dets=(flipped, GREEN))
+    assert [m["state"] for m in msgs][:1] == ["lost"]
+
+
+def test_arm_events_validate():
+    h = harvest()
+    assert h.arm_event("claim", "7")["ok"] is False and "integer" in h.arm_event("claim", "7")["error"]
+    assert "not an available target" in h.arm_event("claim", 999)["error"]
+    assert h.arm_event("picked", 999)["ok"] is False
+
+
+def test_homography_from_point_pairs_and_arm_xy():
+    pixel = np.array([[0, 0], [640, 0], [640, 480], [0, 480], [320, 240]], float)
+    arm = np.array([[-200, 500], [200, 500], [200, 200], [-200, 200], [0, 350]], float)
+    cal = fit_homography(pixel, arm)
+    assert cal.rms_error < 1e-6
+    assert cal.to_arm(320, 240) == pytest.approx((0, 350), abs=1e-6)
+    cfg = CalibrationConfig(points=[{"pixel": list(p), "arm": list(a)} for p, a in zip(pixel, arm)])
+    h = Harvest(TrackingConfig(), TargetsConfig(min_frames=1, min_age_ms=0), cfg)
+    msgs, _ = play(h, 2)
+    u, v = msgs[0]["center"]
+    assert msgs[0]["arm_xy"] == pytest.approx(list(cal.to_arm(u, v)), abs=0.1)
+
+
+def test_calibration_needs_four_pairs():
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_homography(np.zeros((3, 2)), np.zeros((3, 2)))
+    with pytest.raises(Exception, match="4 point pairs"):
+        CalibrationConfig(points=[{"pixel": [0, 0], "arm": [0, 0]}] * 3)
