@@ -52,7 +52,8 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     frames = {f["frame"]: f for f in truth["frames"]}
     truth_class = {b["object"]: b["class"] for f in truth["frames"] for b in f["boxes"]}
     tracks_of: dict[str, list[int]] = {}
-    ripe_hits: dict[str, int] = {}
+    ripe_run: dict[str, int] = {}  # current run of consecutive clearly-ripe observations per object
+    ripe_best: dict[str, int] = {}  # longest such run
     object_of_track: dict[int, str] = {}
     for msg in sorted(detections, key=lambda m: m["frame_id"]):
         f = frames.get(msg["frame_id"])
@@ -64,13 +65,16 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
                 continue
             tracks_of.setdefault(obj, []).append(d["track_id"])
             object_of_track.setdefault(d["track_id"], obj)
-            if d["class"] == "ripe" and d["confidence"] >= min_confidence:
-                ripe_hits[obj] = ripe_hits.get(obj, 0) + 1
+            clearly_ripe = d["class"] == "ripe" and d["confidence"] >= min_confidence
+            ripe_run[obj] = ripe_run.get(obj, 0) + 1 if clearly_ripe else 0
+            ripe_best[obj] = max(ripe_best.get(obj, 0), ripe_run[obj])
     ripe_objects = [o for o in tracks_of if truth_class[o] == "ripe"]
     switches = {o: len(dict.fromkeys(tracks_of[o])) - 1 for o in ripe_objects}
     offered = [e for e in arm_log if e["kind"] == "target" and e["state"] == "available"]
     offered_objects = {object_of_track.get(e["track_id"]) for e in offered}
-    qualifying = [o for o, n in ripe_hits.items() if n >= min_frames + 2]
+    # Tomatoes the detector saw as clearly ripe in `min_frames + 1` processed frames in a row: the debounce
+    # (min_frames, min_age_ms, smoothed score) must have let each of them through.
+    qualifying = [o for o, n in ripe_best.items() if n >= min_frames + 1]
     picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
     picked_objects = {object_of_track.get(t): when for t, when in picked_at.items()}
     reannounced = [e for e in offered if e["track_id"] in picked_at and e["arrived"] > picked_at[e["track_id"]]]
@@ -85,6 +89,8 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
         "id_switches_mean": round(statistics.mean(switches.values()), 3) if switches else 0.0,
         "qualifying_ripe": len(qualifying),
         "qualifying_offered": sum(1 for o in qualifying if o in offered_objects),
+        "not_offered": {o: {"tracks": list(dict.fromkeys(tracks_of[o])), "ripe_run": ripe_best[o]}
+                        for o in qualifying if o not in offered_objects},
         "targets_offered": len({e["track_id"] for e in offered}),
         "picked": len(picked_at),
         "reannounced_after_pick": len(reannounced),
@@ -120,7 +126,12 @@ def run(model: str | None, fps: float, workdir: Path, port: int | None = None, t
     lock = threading.Lock()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("harvest/clip/detections", qos=0)
-    sub.on_message = lambda c, u, m: lock.acquire() or detections.append(json.loads(m.payload)) or lock.release()
+
+    def on_detections(client, userdata, msg):
+        with lock:
+            detections.append(json.loads(msg.payload))
+
+    sub.on_message = on_detections
     sub.connect("127.0.0.1", port)
     sub.loop_start()
     arm = ArmSimulator("127.0.0.1", port, "harvest", "clip", pick_time_s=0.0).start()

@@ -104,6 +104,8 @@ class TrackingConfig(Strict):
     lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
     history: int = Field(30, ge=1, description="class observations kept per track")
     smoothing: float = Field(0.3, gt=0, le=1, description="EMA weight of a new observation in the ripeness score")
+    scene_cut_threshold: float = Field(35, ge=0, description="mean grey-level change (0-255) between frames that "
+                                                             "means the view jumped; tracks restart. 0 = off")
 
 
 class TargetsConfig(Strict):
@@ -116,8 +118,9 @@ class TargetsConfig(Strict):
     valid_ms: float = Field(300, gt=0, description="how long an announced position may be trusted")
     reannounce_ms: float = Field(250, gt=0, description="re-announce a valid target this often")
     claim_timeout_s: float = Field(10, gt=0, description="a claimed target is offered again after this")
-    picked_radius_px: float = Field(40, ge=0, description="new tracks this close to a picked tomato are suppressed")
-    picked_window_s: float = Field(60, ge=0, description="... for this long after the pick")
+    picked_iou: float = Field(0.3, gt=0, le=1, description="new tracks overlapping a picked tomato's box this much "
+                                                           "are that tomato again, never offered")
+    picked_window_s: float = Field(30, ge=0, description="... for this long after the pick")
     qos: int = Field(1, ge=0, le=2)
 
 

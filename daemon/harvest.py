@@ -59,6 +59,14 @@ class Track:
         return ((x1 + x2) / 2, (y1 + y2) / 2)
 
 
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 class Calibration:
     """Maps frame pixels to arm-plane millimetres through a homography."""
 
@@ -104,18 +112,50 @@ class Harvest:
         self.cfg = targets
         self.calibration = Calibration.from_config(calibration)
         self.tracker, self.sv = make_bytetrack(tracking, fps)
+        self.fps = fps
         self.tracks: dict[int, Track] = {}
-        self.picked_places: list[tuple[float, float, float]] = []  # (x, y, when)
+        self.thumbnail: Optional[np.ndarray] = None
+        self.scene_cuts = 0
+        self.id_offset = 0  # track ids stay unique across tracker restarts (the arm must never see one reused)
+        self.max_id = 0
+        self.picked_places: list[tuple[tuple, float]] = []  # (box, when) of picked tomatoes
         self.lock = threading.Lock()
         self.announced = 0
         self.withdrawn = 0
 
     # ---- per frame ------------------------------------------------------------------------------------------------
-    def update(self, detections: list[Detection], captured_at: float,
-               frame_id: Optional[int] = None) -> tuple[list[Optional[int]], list[dict]]:
+    def scene_cut(self, image: np.ndarray) -> bool:
+        """True when this frame shows a different view from the last one (a 32×32 grey thumbnail changed a lot)."""
+        import cv2
+
+        if not self.tracking_cfg.scene_cut_threshold:
+            return False
+        thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+        previous, self.thumbnail = self.thumbnail, thumb.astype(np.int16)
+        if previous is None:
+            return False
+        return float(np.abs(self.thumbnail - previous).mean()) > self.tracking_cfg.scene_cut_threshold
+
+    def _restart(self, now: float) -> list[dict]:
+        """The view jumped: every track ends (targets withdrawn) and positions of past picks mean nothing now."""
+        out = []
+        for t in self.tracks.values():
+            if t.state in ("available", "claimed"):
+                out.append(self._message(t, now, "lost"))
+                self.withdrawn += 1
+        self.tracks.clear()
+        self.picked_places.clear()
+        self.tracker, _ = make_bytetrack(self.tracking_cfg, self.fps)
+        self.id_offset = self.max_id
+        self.scene_cuts += 1
+        return out
+
+    def update(self, detections: list[Detection], captured_at: float, frame_id: Optional[int] = None,
+               image: Optional[np.ndarray] = None) -> tuple[list[Optional[int]], list[dict]]:
         """Assign track ids to this frame's detections; return (ids in detection order, target messages)."""
         ids: list[Optional[int]] = [None] * len(detections)
         with self.lock:
+            withdrawn = self._restart(captured_at) if image is not None and self.scene_cut(image) else []
             if detections:
                 d = self.sv.Detections(
                     xyxy=np.array([x.box for x in detections], dtype=np.float32),
@@ -128,11 +168,12 @@ class Harvest:
             seen = set()
             for k in range(len(tracked)):
                 index = int(tracked.data["index"][k]) if "index" in tracked.data else k
-                tid = int(tracked.tracker_id[k])
+                tid = int(tracked.tracker_id[k]) + self.id_offset
+                self.max_id = max(self.max_id, tid)
                 ids[index] = tid
                 seen.add(tid)
                 self._observe(tid, detections[index], captured_at)
-            messages = self._decide(captured_at, seen)
+            messages = withdrawn + self._decide(captured_at, seen)
         for m in messages:
             m["frame_id"] = frame_id
         return ids, messages
@@ -142,7 +183,7 @@ class Harvest:
         if t is None:
             t = Track(tid, now, now, det.box, det.class_name, det.confidence)
             t.classes = deque(maxlen=self.tracking_cfg.history)
-            if self._near_picked(t.center, now):
+            if self._near_picked(det.box, now):
                 t.state = "suppressed"  # the tomato just picked here, seen again after an occlusion
             self.tracks[tid] = t
         t.last_seen, t.box, t.class_name, t.confidence = now, det.box, det.class_name, det.confidence
@@ -157,10 +198,10 @@ class Harvest:
         else:
             t.target_streak, t.target_since = 0, None
 
-    def _near_picked(self, center, now) -> bool:
-        window, radius = self.cfg.picked_window_s, self.cfg.picked_radius_px
-        self.picked_places = [p for p in self.picked_places if now - p[2] <= window]
-        return any((center[0] - x) ** 2 + (center[1] - y) ** 2 <= radius**2 for x, y, _ in self.picked_places)
+    def _near_picked(self, box, now) -> bool:
+        """A new track over the place of a recent pick is that tomato seen again (after an occlusion)."""
+        self.picked_places = [p for p in self.picked_places if now - p[1] <= self.cfg.picked_window_s]
+        return any(box_iou(box, picked) >= self.cfg.picked_iou for picked, _ in self.picked_places)
 
     def _decide(self, now: float, seen: set) -> list[dict]:
         cfg = self.cfg
@@ -227,12 +268,10 @@ class Harvest:
                 return {"ok": True, "track_id": track_id, "state": "claimed",
                         "until": round(now + self.cfg.claim_timeout_s, 3)}
             if action == "picked":
-                center = t.center if t else None
-                if t is not None:
-                    t.state = "picked"
-                if center is None:
+                if t is None:
                     return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
-                self.picked_places.append((center[0], center[1], now))
+                t.state = "picked"
+                self.picked_places.append((t.box, now))
                 return {"ok": True, "track_id": track_id, "state": "picked"}
             if action == "failed":
                 if t is None:
@@ -246,4 +285,5 @@ class Harvest:
             states: dict[str, int] = {}
             for t in self.tracks.values():
                 states[t.state] = states.get(t.state, 0) + 1
-            return {"tracks": len(self.tracks), "announced": self.announced, "withdrawn": self.withdrawn, **states}
+            return {"tracks": len(self.tracks), "announced": self.announced, "withdrawn": self.withdrawn,
+                    "scene_cuts": self.scene_cuts, **states}

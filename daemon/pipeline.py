@@ -275,7 +275,8 @@ class Daemon:
         t1 = time.perf_counter()
         latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
                    "postprocess": (t1 - t0) * 1000}
-        track_ids, targets = (self.harvest.update(detections, r.frame.captured_at, r.frame.frame_id) if self.harvest
+        track_ids, targets = (self.harvest.update(detections, r.frame.captured_at, r.frame.frame_id, r.frame.image)
+                              if self.harvest
                               else (None, []))
         now = time.time()
         latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000

@@ -57,7 +57,7 @@ def test_claim_holds_then_times_out():
 
 
 def test_picked_never_again_even_after_occlusion():
-    h = harvest(picked_radius_px=40, picked_window_s=60)
+    h = harvest(picked_iou=0.3, picked_window_s=60)
     _, ids = play(h, 5)
     tid = ids[0]
     assert h.arm_event("claim", tid, now=0.5)["ok"] and h.arm_event("picked", tid, now=0.6)["ok"]
@@ -122,3 +122,18 @@ def test_calibration_needs_four_pairs():
         fit_homography(np.zeros((3, 2)), np.zeros((3, 2)))
     with pytest.raises(Exception, match="4 point pairs"):
         CalibrationConfig(points=[{"pixel": [0, 0], "arm": [0, 0]}] * 3)
+
+
+def test_scene_cut_restarts_tracks_with_fresh_ids():
+    h = harvest()
+    dark = np.zeros((64, 64, 3), np.uint8)
+    bright = np.full((64, 64, 3), 200, np.uint8)
+    for i in range(5):
+        ids, msgs = h.update([RIPE], i * 0.1, i, image=dark)
+    first = ids[0]
+    ids, msgs = h.update([RIPE], 0.5, 5, image=bright)  # the view jumped
+    assert any(m["state"] == "lost" and m["track_id"] == first for m in msgs)
+    assert ids[0] is None or ids[0] > first  # never a reused id
+    for i in range(6, 12):
+        ids, _ = h.update([RIPE], i * 0.1, i, image=bright)
+    assert ids[0] > first and h.counts()["scene_cuts"] == 1
