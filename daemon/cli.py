@@ -232,6 +232,13 @@ def cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def cmd_tune(args) -> int:
+    from daemon import tune
+
+    _setup_logging("WARNING")
+    return tune.main(args)
+
+
 def cmd_train(args) -> int:
     from daemon import train
 
@@ -292,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
 
-    from daemon import bench, evaluate, optimize, train
+    from daemon import bench, evaluate, optimize, train, tune
+
+    tu = sub.add_parser("tune", help="time every backend × artifact here and cache the winner for backend: measured")
+    tune.add_arguments(tu)
+    tu.set_defaults(func=cmd_tune)
 
     be = sub.add_parser("bench", help="every runtime × precision: size, mAP, latency, FPS, peak RSS")
     bench.add_arguments(be)

@@ -76,7 +76,8 @@ def backend_chain(requested: str, profile: Optional[HardwareProfile] = None,
         winner = tune.cached_winner(cache_dir, bundle)
         if winner:
             rest = [b for b in profile.chain if b != winner["backend"]]
-            return [winner["backend"], *rest], f"measured winner cached by `ripeye tune` ({winner['fps']:.1f} FPS)"
+            return [winner["backend"], *rest], (f"measured winner cached by `ripeye tune`: {winner['backend']} "
+                                                f"{winner['precision']} {winner['median_ms']} ms")
         requested = "auto"
         why_prefix = "no `ripeye tune` result cached; "
     else:
@@ -94,16 +95,23 @@ def load_detector(model_path: str | Path, backend: str = "auto", precision: str 
     bundle = load_bundle(model_path)
     options.extra.setdefault("model_hash", bundle.version)
     chain, why = backend_chain(backend, profile, Path(options.cache_dir).expanduser(), bundle)
+    measured_precision = None
+    if backend == "measured" and precision == "auto":
+        from daemon import tune
+
+        winner = tune.cached_winner(Path(options.cache_dir).expanduser(), bundle)
+        measured_precision = winner["precision"] if winner else None
     attempts: list[str] = []
-    for name in chain:
+    for i, name in enumerate(chain):
         try:
             cls = runtimes.get(name)
         except RuntimeUnavailable as exc:
             attempts.append(f"{name}: {exc}")
             continue
-        candidates = bundle.candidates(name, precision)
+        wanted = measured_precision if (measured_precision and i == 0) else precision
+        candidates = bundle.candidates(name, wanted)
         if not candidates:
-            attempts.append(f"{name}: no {precision} artifact for it in {bundle.root}")
+            attempts.append(f"{name}: no {wanted} artifact for it in {bundle.root}")
             continue
         for art in candidates:
             t0 = time.perf_counter()
