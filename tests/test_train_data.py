@@ -1,0 +1,42 @@
+"""Dataset preparation for `ripeye train` (no torch needed): COCO → YOLO labels, class mapping, calibration list."""
+
+import json
+
+import pytest
+
+from daemon import train
+
+
+def test_class_map_parsing_and_order():
+    assert list(train.parse_class_map(None).values()) == ["ripe", "half_ripe", "unripe"]
+    assert train.parse_class_map("a=x, b=y") == {"a": "x", "b": "y"}
+    with pytest.raises(ValueError, match="SRC=DST"):
+        train.parse_class_map("a")
+
+
+def test_coco_to_yolo_labels_normalised_and_clipped():
+    coco = {"categories": [{"id": 0, "name": "Tomatos"}, {"id": 1, "name": "b_fully_ripened"},
+                           {"id": 2, "name": "b_green"}, {"id": 3, "name": "b_half_ripened"}],
+            "images": [{"id": 7, "file_name": "x.jpg", "width": 200, "height": 100}],
+            "annotations": [{"image_id": 7, "category_id": 3, "bbox": [10, 20, 40, 30]},
+                            {"image_id": 7, "category_id": 1, "bbox": [180, 90, 40, 30]},  # runs off the image
+                            {"image_id": 7, "category_id": 0, "bbox": [0, 0, 5, 5]}]}  # unused parent category
+    labels, names = train.coco_to_yolo_labels(coco, train.parse_class_map(None))
+    assert names == ["ripe", "half_ripe", "unripe"]
+    assert labels["x.jpg"] == ["1 0.150000 0.350000 0.200000 0.300000", "0 0.950000 0.950000 0.100000 0.100000"]
+
+
+def test_real_dataset_labels_and_stratified_calibration(dataset, tmp_path):
+    data_yaml = train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None))
+    assert "names" in data_yaml.read_text()
+    labels = list((tmp_path / "dataset" / "labels" / "train").glob("*.txt"))
+    assert len(labels) == 309
+    coco = json.loads((dataset / "annotations" / "train.json").read_text())
+    chosen = train.choose_calibration(coco, train.parse_class_map(None), 100, seed=0)
+    assert len(chosen) == 100 == len(set(chosen))
+    per_image, _ = train.coco_to_yolo_labels(coco, train.parse_class_map(None))
+    classes_covered = {int(line.split()[0]) for f in chosen for line in per_image[f]}
+    assert classes_covered == {0, 1, 2}
+    ripe_images = sum(any(line.startswith("0 ") for line in per_image[f]) for f in chosen)
+    assert ripe_images >= 30  # the rarest class is not left to chance
+    assert chosen == train.choose_calibration(coco, train.parse_class_map(None), 100, seed=0)  # reproducible
