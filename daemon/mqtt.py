@@ -174,7 +174,11 @@ class MqttLink:
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
-        for msg in self.outbox.drain():
+        queued = self.outbox.drain()
+        if queued or self.outbox.dropped:
+            log.info("mqtt: sending %d messages queued while offline (%d dropped so far, oldest first)", len(queued),
+                     self.outbox.dropped)
+        for msg in queued:
             self._send(msg)
         if self.on_connected_cb:
             try:

@@ -287,7 +287,9 @@ class Daemon:
                 for msg in targets:
                     msg["published_at"] = round(time.time(), 4)
                     msg["latency_ms"] = round((time.perf_counter() - r.frame.t_capture) * 1000, 2)
-                    self.link.publish("targets", msg, qos=cfg.targets.qos, droppable=False)
+                    # an `available` target is re-announced while valid and expires in valid_ms: as droppable as a
+                    # detection when the outbox overflows; a withdrawal (`lost`) is kept
+                    self.link.publish("targets", msg, qos=cfg.targets.qos, droppable=msg["state"] == "available")
         latency["publish"] = (time.perf_counter() - t1) * 1000
         self.stages.add(latency)
         self.metrics.observe(latency, detections, targets)
