@@ -100,6 +100,8 @@ class StatsConfig(Strict):
 class TrackingConfig(Strict):
     enabled: bool = True
     activation_threshold: float = Field(0.25, ge=0, le=1, description="min confidence to start a track")
+    low_confidence: float = Field(0.1, ge=0, le=1, description="detections down to this confidence keep tracks alive "
+                                                               "(ByteTrack's second stage) without being published")
     match_threshold: float = Field(0.8, gt=0, le=1, description="ByteTrack matching threshold")
     lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
     history: int = Field(30, ge=1, description="class observations kept per track")

@@ -113,6 +113,7 @@ class Harvest:
         self.calibration = Calibration.from_config(calibration)
         self.tracker, self.sv = make_bytetrack(tracking, fps)
         self.fps = fps
+        self.observe_confidence = 0.25  # weaker detections keep a track alive but say nothing about ripeness
         self.tracks: dict[int, Track] = {}
         self.thumbnail: Optional[np.ndarray] = None
         self.scene_cuts = 0
@@ -186,7 +187,10 @@ class Harvest:
             if self._near_picked(det.box, now):
                 t.state = "suppressed"  # the tomato just picked here, seen again after an occlusion
             self.tracks[tid] = t
-        t.last_seen, t.box, t.class_name, t.confidence = now, det.box, det.class_name, det.confidence
+        t.last_seen, t.box = now, det.box
+        if det.confidence < self.observe_confidence:
+            return
+        t.class_name, t.confidence = det.class_name, det.confidence
         t.hits += 1
         t.classes.append(det.class_name)
         is_target = det.class_name in self.cfg.classes

@@ -268,16 +268,22 @@ class Daemon:
     def _publish_result(self, r: Result) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        detections = r.detector.postprocess(r.output, r.lb, cfg.detect.confidence, cfg.detect.iou,
-                                            cfg.detect.max_detections)
-        if cfg.detect.classes:
-            detections = [d for d in detections if d.class_name in cfg.detect.classes]
+        harvest = self.harvest
+        floor = min(cfg.detect.confidence, cfg.tracking.low_confidence) if harvest else cfg.detect.confidence
+        candidates = r.detector.postprocess(r.output, r.lb, floor, cfg.detect.iou, cfg.detect.max_detections)
+        track_ids, targets = None, []
+        if harvest:
+            # the tracker also sees weak detections (ByteTrack's second stage); only confident ones are published
+            harvest.observe_confidence = cfg.detect.confidence
+            all_ids, targets = harvest.update(candidates, r.frame.captured_at, r.frame.frame_id, r.frame.image)
+        keep = [i for i, d in enumerate(candidates) if d.confidence >= cfg.detect.confidence
+                and (not cfg.detect.classes or d.class_name in cfg.detect.classes)]
+        detections = [candidates[i] for i in keep]
+        if harvest:
+            track_ids = [all_ids[i] for i in keep]
         t1 = time.perf_counter()
         latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
                    "postprocess": (t1 - t0) * 1000}
-        track_ids, targets = (self.harvest.update(detections, r.frame.captured_at, r.frame.frame_id, r.frame.image)
-                              if self.harvest
-                              else (None, []))
         now = time.time()
         latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000
         payload = detection_payload(r.frame, detections, r.detector, latency, now, track_ids)
