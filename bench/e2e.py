@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,11 +28,8 @@ from daemon.config import DEFAULT_MODEL_DIR, SAMPLE_CLIP  # noqa: E402
 from daemon.detector import load_detector  # noqa: E402
 from daemon.runtimes.base import RuntimeOptions  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO / "bench"))
+from local_broker import start_broker  # noqa: E402
 
 
 def raw_fps(backend: str, model: str, precision: str, threads: int, inflight: int) -> dict:
@@ -124,12 +119,7 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ripeye-e2e-"))
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    broker, port = start_broker(work)
     watcher = Watcher(port)
     rows = []
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,20 +18,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from local_broker import start_broker  # noqa: E402
+
+from daemon.harvest import box_iou  # noqa: E402
+
 TRUTH = REPO / "tests" / "fixtures" / "sample_clip_truth.json"
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_frame(dets: list[dict], truth_boxes: list[dict], min_iou: float = 0.5) -> dict[int, str]:
     """Greedy IoU matching: detection index → ground-truth object."""
-    pairs = sorted(((_iou(d["box"], t["box"]), i, t["object"]) for i, d in enumerate(dets)
+    pairs = sorted(((box_iou(d["box"], t["box"]), i, t["object"]) for i, d in enumerate(dets)
                     for t in truth_boxes), reverse=True)
     used_d, used_t, out = set(), set(), {}
     for iou, i, obj in pairs:
@@ -100,12 +96,6 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(model: str | None, fps: float, workdir: Path, port: int | None = None, threads: int = 0) -> dict:
     """Play the clip once through the daemon with the arm simulator picking; return analyse()'s figures."""
     import paho.mqtt.client as mqtt
@@ -116,12 +106,7 @@ def run(model: str | None, fps: float, workdir: Path, port: int | None = None, t
 
     broker = None
     if port is None:
-        port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        broker, port = start_broker(workdir)
     detections: list[dict] = []
     lock = threading.Lock()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

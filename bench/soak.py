@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +21,8 @@ import paho.mqtt.client as mqtt
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from local_broker import start_broker  # noqa: E402
 
 
 def main() -> int:
@@ -32,13 +32,7 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "soak.json"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ripeye-soak-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "m.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    broker, port = start_broker(work)
     stats: list[dict] = []
     received = [0]
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

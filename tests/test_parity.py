@@ -12,17 +12,11 @@ import pytest
 
 from daemon import runtimes
 from daemon.detector import Detector
+from daemon.harvest import box_iou as iou
 from daemon.model import load_bundle
 from daemon.runtimes.base import RuntimeOptions
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ultralytics_predictions.json"
-
-
-def iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_matches_ultralytics_predictor(model_dir, dataset):
