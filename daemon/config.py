@@ -42,7 +42,7 @@ class ModelConfig(Strict):
 
 class RuntimeConfig(Strict):
     backend: Literal["auto", "measured", "openvino", "ncnn", "onnxruntime", "tensorrt"] = "auto"
-    threads: int = Field(0, ge=0, description="inference threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="inference threads; 0 = the runtime's default")
     inflight: int = Field(1, ge=1, le=8, description="inference requests in flight")
     device: str = "CPU"
     cache_dir: str = "~/.cache/ripeye"
