@@ -55,6 +55,7 @@ class DetectConfig(Strict):
     iou: float = Field(0.45, ge=0, le=1)
     classes: list[str] = Field(default_factory=list, description="only publish these classes; empty = all")
     max_detections: int = Field(300, ge=1)
+    agnostic_nms: bool = Field(True, description="one box per fruit: suppress overlapping boxes of other classes")
 
 
 class MqttConfig(Strict):

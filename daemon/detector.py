@@ -42,8 +42,8 @@ class Detector:
         return self.runtime.infer(tensor)
 
     def postprocess(self, output: np.ndarray, lb: vision.Letterbox, conf: float, iou: float,
-                    max_det: int = 300) -> list[vision.Detection]:
-        return vision.postprocess(output, lb, self.class_names, conf, iou, max_det)
+                    max_det: int = 300, agnostic: bool = False) -> list[vision.Detection]:
+        return vision.postprocess(output, lb, self.class_names, conf, iou, max_det, agnostic)
 
     def detect(self, frame: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[vision.Detection]:
         tensor, lb = self.preprocess(frame)

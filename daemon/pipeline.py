@@ -270,7 +270,8 @@ class Daemon:
         t0 = time.perf_counter()
         harvest = self.harvest
         floor = min(cfg.detect.confidence, cfg.tracking.low_confidence) if harvest else cfg.detect.confidence
-        candidates = r.detector.postprocess(r.output, r.lb, floor, cfg.detect.iou, cfg.detect.max_detections)
+        candidates = r.detector.postprocess(r.output, r.lb, floor, cfg.detect.iou, cfg.detect.max_detections,
+                                            cfg.detect.agnostic_nms)
         track_ids, targets = None, []
         if harvest:
             # the tracker also sees weak detections (ByteTrack's second stage); only confident ones are published

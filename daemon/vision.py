@@ -139,10 +139,15 @@ def postprocess(
     conf_threshold: float,
     iou_threshold: float,
     max_detections: int = 300,
+    agnostic: bool = False,
 ) -> list[Detection]:
-    """Raw head output → detections in frame pixels, sorted by confidence."""
+    """Raw head output → detections in frame pixels, sorted by confidence.
+
+    agnostic=True suppresses overlaps across classes too: one box per fruit, with its most likely ripeness.
+    """
     boxes, scores, class_ids = decode_yolo(output, conf_threshold, len(class_names) or None)
-    keep = batched_nms(boxes, scores, class_ids, iou_threshold)[:max_detections]
+    keep = (nms(boxes, scores, iou_threshold) if agnostic and len(boxes)
+            else batched_nms(boxes, scores, class_ids, iou_threshold))[:max_detections]
     boxes = unletterbox(boxes[keep], lb)
     return [
         Detection(class_names[c] if c < len(class_names) else str(c), int(c), float(s), tuple(map(float, b)))

@@ -89,3 +89,13 @@ def test_postprocess_empty():
     out = np.zeros((1, 7, 100), np.float32)
     _, lb = vision.letterbox(np.zeros((10, 10, 3), np.uint8), (64, 64))
     assert vision.postprocess(out, lb, ["a", "b", "c"], 0.25, 0.45) == []
+
+
+def test_agnostic_nms_keeps_one_box_per_fruit():
+    frame = np.zeros((640, 640, 3), np.uint8)
+    _, lb = vision.letterbox(frame, (640, 640))
+    out = _head([[320, 320, 100, 100], [322, 321, 100, 100]], [[0.1, 0.8, 0.1], [0.1, 0.1, 0.7]])
+    per_class = vision.postprocess(out, lb, ["ripe", "half_ripe", "unripe"], 0.25, 0.45)
+    agnostic = vision.postprocess(out, lb, ["ripe", "half_ripe", "unripe"], 0.25, 0.45, agnostic=True)
+    assert [d.class_name for d in per_class] == ["half_ripe", "unripe"]
+    assert [d.class_name for d in agnostic] == ["half_ripe"]
