@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/soak.py --minutes 30
 
-Frames are played losslessly (source.realtime: false), so every frame the capture reads should be published;
-`lost` counts the difference, and RSS drift compares the mean of the last 5 minutes with minutes 2–7.
+Frames are played losslessly (source.realtime: false), so every frame the capture reads should be published:
+`lost` counts the frame ids missing from the detections received (gaps between 1 and the last id received, so
+frames still in flight at shutdown are not miscounted), and RSS drift compares the mean of the last 5 minutes
+with minutes 2–7.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ripeye-soak-"))
     broker, port = start_broker(work)
     stats: list[dict] = []
-    received = [0]
+    received_ids: set[int] = set()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.on_connect = lambda cl, u, f, rc, pr=None: cl.subscribe("soak/#")
 
@@ -42,7 +44,7 @@ def main() -> int:
         if m.topic.endswith("/stats"):
             stats.append({"t": time.time(), **json.loads(m.payload)})
         elif m.topic.endswith("/detections"):
-            received[0] += 1
+            received_ids.add(json.loads(m.payload)["frame_id"])
 
     c.on_message = on_message
     c.connect("127.0.0.1", port)
@@ -72,13 +74,14 @@ def main() -> int:
         "rss_early_mb": round(statistics.mean(early), 1) if early else None,
         "rss_late_mb": round(statistics.mean(late), 1) if late else None,
         "processed": last.get("processed"), "captured": last.get("captured"),
-        "dropped_frames": last.get("dropped_frames"), "detections_received": received[0],
+        "dropped_frames": last.get("dropped_frames"), "detections_received": len(received_ids),
         "fps": last.get("fps"),
     }
     if early and late:
         report["rss_drift_pct"] = round((report["rss_late_mb"] / report["rss_early_mb"] - 1) * 100, 2)
-    if last:
-        report["lost"] = last["captured"] - last["processed"]
+    if received_ids:
+        report["last_frame_id"] = max(received_ids)
+        report["lost"] = max(received_ids) - len(received_ids)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

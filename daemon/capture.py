@@ -6,7 +6,7 @@ import glob
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,7 +34,6 @@ class Frame:
     capture_ms: float = 0.0
     prepared: Any = None  # what the capture thread's prepare() made of it (model tensor + letterbox)
     prepare_ms: float = 0.0
-    meta: dict = field(default_factory=dict)
 
 
 class Source:
