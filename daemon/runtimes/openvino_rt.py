@@ -50,14 +50,9 @@ class OpenVinoRuntime(Runtime):
         except RuntimeError as exc:
             raise ArtifactError(f"OpenVINO cannot load {self.artifact}: {str(exc).splitlines()[0]}") from None
         self.device = options.device
-        try:
-            n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        except RuntimeError:
-            n = options.inflight
         self._requests: queue.Queue = queue.Queue()
-        for _ in range(max(options.inflight, 1) if options.inflight > 1 else 1):
+        for _ in range(max(options.inflight, 1)):
             self._requests.put(self.compiled.create_infer_request())
-        self.optimal_requests = n
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         # One request per caller at a time: several inference threads may call this concurrently.
