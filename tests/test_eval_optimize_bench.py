@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from argparse import Namespace
 
 import pytest
@@ -149,3 +150,18 @@ def test_bench_smoke(tmp_path, model_dir):
     assert rows["OpenVINO FP32"]["median_ms"] > 0 and rows["OpenVINO FP32"]["inflight_fps"] > 0
     assert rows["ONNX Runtime FP32"]["peak_rss_mb"] > 50
     assert (tmp_path / "bench.md").read_text().count("|") > 20 and (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_inflight_bench_smoke(tmp_path, model_dir):
+    """bench/inflight.py (the README's in-flight figure) runs and its summary agrees with its own per-round data."""
+    r = subprocess.run([sys.executable, "bench/inflight.py", "--model", str(model_dir), "--rounds", "2", "--frames",
+                        "6", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
+    rep = json.loads((tmp_path / "inflight.json").read_text())
+    singles = {k: v for k, v in rep["median_fps"].items() if k.startswith("1 in flight")}
+    multi = next(k for k in rep["median_fps"] if k.startswith("2 in flight"))
+    assert rep["best_single_stream"] == max(singles, key=singles.get)
+    best = singles[rep["best_single_stream"]]
+    assert rep["inflight_vs_best_single"] == pytest.approx(rep["median_fps"][multi] / best, abs=0.01)
+    assert all(len(v) == 2 for v in rep["fps_per_round"].values())
+    assert "in flight vs the best single stream" in (tmp_path / "inflight.md").read_text()
