@@ -52,3 +52,56 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class InOrder(Generic[T]):
+    """Hands results to one consumer in the order their work was taken, while several workers run at once.
+
+    A worker takes a ticket when it takes work and finishes it with a result (or None when the work failed); get()
+    returns the oldest finished result once no older ticket is still in flight, so a request that finishes early
+    never overtakes an older one. At most `maxlen` results wait; beyond that the oldest is dropped (and counted).
+    """
+
+    def __init__(self, maxlen: int = 8) -> None:
+        self._cond = threading.Condition()
+        self._maxlen = maxlen
+        self._next_ticket = 0
+        self._in_flight: set[int] = set()
+        self._done: dict[int, T] = {}
+        self._closed = False
+        self.dropped = 0
+
+    def take(self) -> int:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._in_flight.add(ticket)
+            return ticket
+
+    def finish(self, ticket: int, result: Optional[T]) -> None:
+        with self._cond:
+            self._in_flight.discard(ticket)
+            if result is not None:
+                self._done[ticket] = result
+                if len(self._done) > self._maxlen:
+                    del self._done[min(self._done)]
+                    self.dropped += 1
+            self._cond.notify_all()
+
+    def _ready(self) -> Optional[int]:
+        if not self._done:
+            return None
+        oldest = min(self._done)
+        return oldest if not self._in_flight or oldest < min(self._in_flight) else None
+
+    def get(self, timeout: Optional[float] = None) -> Optional[T]:
+        """The next result in ticket order, waiting up to timeout; None on timeout or when closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._ready() is not None, timeout)
+            ticket = self._ready()
+            return None if ticket is None else self._done.pop(ticket)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

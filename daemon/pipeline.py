@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -19,7 +18,7 @@ from daemon import config as config_mod
 from daemon.capture import CaptureThread, Frame
 from daemon.config import Config, ConfigError
 from daemon.detector import Detector, NoUsableBackend, load_detector
-from daemon.handoff import LatestSlot
+from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
 from daemon.mqtt import MqttLink
 from daemon.runtimes.base import RuntimeOptions
@@ -74,9 +73,8 @@ class Daemon:
         self.detector: Optional[Detector] = None
         self.detector_lock = threading.Lock()
         self.frames = LatestSlot[Frame]()
-        self.results: deque[Result] = deque(maxlen=8)
-        self.results_ready = threading.Condition()
-        self.results_dropped = 0
+        self.results = InOrder[Result](maxlen=8)  # in frame order even with several requests in flight
+        self._take_lock = threading.Lock()
         self.stages = StageTimes()
         self.errors_total = 0
         self.started_at = time.time()
@@ -170,7 +168,7 @@ class Daemon:
     def refresh_metrics(self) -> None:
         m = self.metrics
         m.fps.set(self.stages.fps())
-        m.dropped.set(self.frames.dropped + self.results_dropped)
+        m.dropped.set(self.frames.dropped + self.results.dropped)
         m.reconnects.set(max(0, self.link.connects - 1) if self.link else 0)
         m.camera_reconnects.set(self.capture.reconnects if self.capture else 0)
 
@@ -210,8 +208,7 @@ class Daemon:
         self.notifier.stopping()
         self.stop_event.set()
         self.frames.close()
-        with self.results_ready:
-            self.results_ready.notify_all()
+        self.results.close()
         if self.capture:
             self.capture.stop()
             self.capture.join(timeout=5)
@@ -225,40 +222,43 @@ class Daemon:
     # ---- stages -------------------------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
         while not self.stop_event.is_set():
-            frame = self.frames.get(timeout=0.5)
+            with self._take_lock:  # the frame and its ticket are taken together: tickets follow frame order
+                frame = self.frames.get(timeout=0.5)
+                ticket = self.results.take() if frame is not None else None
             if frame is None:
                 continue
-            detector = self.detector
-            if detector is None or self.paused.is_set():
-                continue
-            t0 = time.perf_counter()
-            prepared = frame.prepared
-            if prepared is None or prepared[0] != detector.input_size:  # model changed since capture
-                prepared = (detector.input_size, *detector.preprocess(frame.image))
-                frame.prepare_ms = (time.perf_counter() - t0) * 1000
-            _, tensor, lb = prepared
-            t1 = time.perf_counter()
+            result, failed = None, False
             try:
-                output = detector.infer(tensor)
+                result = self._infer(frame)
             except Exception as exc:  # a runtime failing mid-run must not kill the thread
-                self.report_error("model", f"inference failed on {detector.backend}: {exc}")
+                failed = True
+                backend = self.detector.backend if self.detector else "?"
+                self.report_error("model", f"inference failed on {backend}: {exc}")
+            finally:
+                self.results.finish(ticket, result)  # before any back-off: later frames must not wait on this one
+            if failed:
                 time.sleep(0.5)
-                continue
-            t2 = time.perf_counter()
-            with self.results_ready:
-                if len(self.results) == self.results.maxlen:
-                    self.results_dropped += 1
-                self.results.append(Result(frame, output, lb, detector, (t2 - t1) * 1000, t2))
-                self.results_ready.notify()
+
+    def _infer(self, frame: Frame) -> Optional[Result]:
+        detector = self.detector
+        if detector is None or self.paused.is_set():
+            return None
+        t0 = time.perf_counter()
+        prepared = frame.prepared
+        if prepared is None or prepared[0] != detector.input_size:  # model changed since capture
+            prepared = (detector.input_size, *detector.preprocess(frame.image))
+            frame.prepare_ms = (time.perf_counter() - t0) * 1000
+        _, tensor, lb = prepared
+        t1 = time.perf_counter()
+        output = detector.infer(tensor)
+        t2 = time.perf_counter()
+        return Result(frame, output, lb, detector, (t2 - t1) * 1000, t2)
 
     def _output_loop(self) -> None:
         while not self.stop_event.is_set():
-            with self.results_ready:
-                if not self.results:
-                    self.results_ready.wait(timeout=0.5)
-                if not self.results:
-                    continue
-                result = self.results.popleft()
+            result = self.results.get(timeout=0.5)
+            if result is None:
+                continue
             try:
                 self._publish_result(result)
             except Exception as exc:
@@ -335,7 +335,7 @@ class Daemon:
             "fps": round(self.stages.fps(), 2),
             "processed": self.stages.processed,
             "latency_ms": self.stages.summary(),
-            "dropped_frames": self.frames.dropped + self.results_dropped,
+            "dropped_frames": self.frames.dropped + self.results.dropped,
             "captured": capture.frame_count if capture else 0,
             "camera": {"state": capture.state if capture else "none", "source": capture.description if capture else "",
                        "reconnects": capture.reconnects if capture else 0,
