@@ -69,21 +69,48 @@ def coco_to_yolo_labels(coco: dict, class_map: dict[str, str]) -> tuple[dict[str
     return labels, names
 
 
-def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("train", "valid")) -> Path:
-    """Write the Ultralytics layout (symlinked images, label txts, data.yaml) under work/dataset."""
+def oversample_plan(labels: dict[str, list[str]], class_id: int | None, factor: int) -> dict[str, int]:
+    """How many copies of each training image to use: `factor` for images showing `class_id`, 1 for the rest.
+
+    Class-balanced sampling by repetition: the rarest class (ripe, the one the arm acts on) is seen more often per
+    epoch without touching the loss. Ultralytics has no per-class loss weight for detection.
+    """
+    plan = {}
+    for fname, lines in labels.items():
+        shows = class_id is not None and any(int(line.split()[0]) == class_id for line in lines)
+        plan[fname] = max(1, factor) if shows else 1
+    return plan
+
+
+def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("train", "valid"),
+                    oversample: str | None = None, oversample_factor: int = 1) -> Path:
+    """Write the Ultralytics layout (symlinked images, label txts, data.yaml) under work/dataset.
+
+    With `oversample` (a class name), training images showing that class appear `oversample_factor` times (extra
+    symlinks named `<stem>__dupN<ext>`); the validation split is never repeated.
+    """
     ds = work / "dataset"
     names: list[str] = []
     for split in splits:
         coco = json.loads((root / "annotations" / f"{split}.json").read_text())
         labels, names = coco_to_yolo_labels(coco, class_map)
+        if oversample is not None and oversample not in names:
+            raise ValueError(f"--oversample {oversample!r} is not a class; classes: {names}")
+        class_id = names.index(oversample) if oversample and split == "train" else None
+        plan = oversample_plan(labels, class_id, oversample_factor)
         img_dir, lbl_dir = ds / "images" / split, ds / "labels" / split
+        if img_dir.exists():  # a previous run may have used another oversampling plan
+            shutil.rmtree(img_dir)
+        if lbl_dir.exists():
+            shutil.rmtree(lbl_dir)
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for fname, lines in labels.items():
-            link = img_dir / fname
-            if not link.exists():
-                link.symlink_to((root / split / fname).resolve())
-            (lbl_dir / (Path(fname).stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
+            for copy in range(plan[fname]):
+                stem, ext = Path(fname).stem, Path(fname).suffix
+                name = stem if copy == 0 else f"{stem}__dup{copy}"
+                (img_dir / (name + ext)).symlink_to((root / split / fname).resolve())
+                (lbl_dir / (name + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
     data = {"path": str(ds), "train": "images/train", "val": "images/valid", "names": dict(enumerate(names))}
     (ds / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return ds / "data.yaml"
@@ -135,7 +162,8 @@ def train(args) -> Path:
     if hasattr(torch_utils, "NUM_THREADS"):
         torch_utils.NUM_THREADS = threads
     class_map = parse_class_map(args.class_map)
-    data_yaml = prepare_dataset(Path(args.data), work, class_map)
+    data_yaml = prepare_dataset(Path(args.data), work, class_map, oversample=args.oversample,
+                                oversample_factor=args.oversample_factor)
     run_dir = work / "runs" / args.name
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
@@ -144,12 +172,15 @@ def train(args) -> Path:
         print(f"resuming {last}")
         YOLO(str(last)).train(resume=True, device=device)
     else:
-        model = YOLO("yolo11n.yaml")
+        # --init starts from earlier weights (e.g. the shipped model.pt) instead of random: no hub download here
+        model = YOLO(args.init) if args.init else YOLO("yolo11n.yaml")
+        augment = {k: getattr(args, k) for k in AUGMENT_KEYS if getattr(args, k) is not None}
         model.train(
             data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed,
             deterministic=True, workers=args.workers, device=device, project=str(work / "runs"), name=args.name,
-            exist_ok=True, pretrained=False, plots=False, patience=0, cache="ram", amp=False,
-            close_mosaic=max(1, args.epochs // 10), verbose=True,
+            exist_ok=True, pretrained=bool(args.init), plots=False, patience=0, cache="ram", amp=False,
+            close_mosaic=max(1, args.epochs // 10), verbose=True, optimizer=args.optimizer,
+            **({"lr0": args.lr0} if args.lr0 else {}), cos_lr=args.cos_lr, **augment,
         )
     print(f"training wall time this call: {time.time() - t0:.0f} s")
     return run_dir / "weights" / "best.pt"
@@ -218,6 +249,10 @@ def write_calibration_list(args) -> Path:
     return out
 
 
+# Ultralytics augmentation hyper-parameters exposed as flags (None keeps Ultralytics' default)
+AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--data", default="../shared/datasets/laboro-tomato-big", help="COCO dataset root")
     p.add_argument("--work", default=str(Path.home() / "ripeye-train"), help="work dir outside the repo")
@@ -231,6 +266,15 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, 0, ... (default: GPU when present)")
+    p.add_argument("--init", default=None, help="start from these weights (e.g. an earlier model.pt)")
+    p.add_argument("--optimizer", default="auto", help="Ultralytics optimizer (auto, AdamW, SGD)")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: Ultralytics' choice)")
+    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
+    p.add_argument("--oversample", default=None, help="repeat training images showing this class (e.g. ripe)")
+    p.add_argument("--oversample-factor", type=int, default=2, help="copies of each image showing --oversample")
+    for key in AUGMENT_KEYS:
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, default=None,
+                       help=f"Ultralytics augmentation '{key}'")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
     p.add_argument("--out", default="models/tomato-yolo11n")
     p.add_argument("--weights", default=None, help="export these weights instead of the run's best.pt")
