@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from daemon import vision
-from daemon.model import load_bundle
+from daemon.model import load_bundle, select_size
 
 # (label, backend, artifact kind, precision): kinds as in daemon.model
 CONFIGS = [
@@ -178,46 +178,66 @@ def machine_name() -> str:
 
 def to_markdown(report: dict) -> str:
     rows = report["results"]
-    base = next((r for r in rows if r["label"] == "PyTorch FP32" and "median_ms" in r), None)
+    sizes = report["imgsz"] if isinstance(report["imgsz"], list) else [report["imgsz"]]
+    classes = next((list(r["per_class"]) for r in rows if r.get("per_class")), [])
+
+    def ref(row: dict, label: str, size: int) -> Optional[dict]:
+        return next((r for r in rows if r["label"] == label and r.get("imgsz", size) == size and "median_ms" in r),
+                    None)
+
     lines = [
-        f"Machine: {report['machine']}; input {report['imgsz']}×{report['imgsz']}, batch 1, {report['threads']} "
+        f"Machine: {report['machine']}; input {', '.join(f'{n}×{n}' for n in sizes)}, batch 1, {report['threads']} "
         f"threads; {report['warmup']} warm-up runs, median of {report['reps']} timed runs on {report['n_images']} "
-        f"images; mAP on {report['data_name']} ({report['n_eval']} images). Size in MiB (like Ultralytics).",
+        f"images; mAP on {report['data_name']} ({report['n_eval']} images). Size in MiB (like Ultralytics). "
+        f"Speed-up: against PyTorch FP32 at the same input size; vs {max(sizes)}: the same format at "
+        f"{max(sizes)}×{max(sizes)}.",
         "",
-        "| Format | Size (MiB) | mAP50-95 | mAP50 | Median (ms) | p90 (ms) | FPS | Speed-up | "
-        f"FPS, {report['inflight']} in flight | Peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Format | Input | Size (MiB) | mAP50-95 | mAP50 | " + "".join(f"{c} AP50 | " for c in classes)
+        + "Median (ms) | p90 (ms) | FPS | Speed-up | "
+        f"vs {max(sizes)} | FPS, {report['inflight']} in flight | Peak RSS (MiB) |",
+        "|---|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        size = r.get("imgsz", sizes[0])
         if "error" in r or "median_ms" not in r:
-            lines.append(f"| {r['label']} | – | – | – | – | – | – | – | – | {r.get('error', r.get('skipped', ''))} |")
+            lines.append(f"| {r['label']} | {size} | – | – | – | " + "– | " * len(classes)
+                         + f"– | – | – | – | – | – | {r.get('error', r.get('skipped', ''))} |")
             continue
+        base, biggest = ref(r, "PyTorch FP32", size), ref(r, r["label"], max(sizes))
         speed = f"{base['median_ms'] / r['median_ms']:.2f}×" if base else "–"
+        vs_big = f"{biggest['median_ms'] / r['median_ms']:.2f}×" if biggest else "–"
         m95 = f"{r['mAP50-95']:.4f}" if "mAP50-95" in r else "–"
         m50 = f"{r['mAP50']:.4f}" if "mAP50" in r else "–"
+        per_class = "".join(f"{r['per_class'][c]['AP50']:.4f} | " if r.get("per_class") else "– | " for c in classes)
         lines.append(
-            f"| {r['label']} | {r['size_mb']:.2f} | {m95} | {m50} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-            f"{r['fps']:.1f} | {speed} | {r.get('inflight_fps', '–')} | {r['peak_rss_mb']:.0f} |")
+            f"| {r['label']} | {size} | {r['size_mb']:.2f} | {m95} | {m50} | {per_class}{r['median_ms']:.1f} | "
+            f"{r['p90_ms']:.1f} | {r['fps']:.1f} | {speed} | {vs_big} | {r.get('inflight_fps', '–')} | "
+            f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: Path) -> None:
+    """Latency vs mAP50-95: one point per format and input size, each format's sizes joined (the frontier)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in report["results"]:
-        if "median_ms" not in r or "mAP50-95" not in r:
-            continue
-        ax.scatter(r["median_ms"], r["mAP50-95"], s=40 + r["size_mb"] * 40, alpha=0.6)
-        ax.annotate(r["label"], (r["median_ms"], r["mAP50-95"]), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    rows = [r for r in report["results"] if "median_ms" in r and "mAP50-95" in r]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        series = sorted((r for r in rows if r["label"] == label), key=lambda r: r["median_ms"])
+        xs, ys = [r["median_ms"] for r in series], [r["mAP50-95"] for r in series]
+        ax.plot(xs, ys, "-o", alpha=0.7, label=label)
+        for r in series:
+            ax.annotate(str(r.get("imgsz", "")), (r["median_ms"], r["mAP50-95"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
     ax.set_xlabel("median latency (ms, batch 1)")
     ax.set_ylabel("mAP50-95 (valid split)")
-    ax.set_title(f"tomato-yolo11n on {report['machine'][:60]}\nmarker area ∝ file size", fontsize=9)
+    ax.set_title(f"{report['model']}: input size / speed / accuracy on {report['machine'][:60]}\n"
+                 "points labelled with the input size", fontsize=9)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -247,36 +267,47 @@ def main(args) -> int:
             timing_images.append(str(f))
     threads = args.threads or os.cpu_count() or 1
     wanted = [c for c in CONFIGS if not args.only or any(o.lower() in c[0].lower() for o in args.only.split(","))]
+    try:
+        sizes = [int(x) for x in str(args.imgsz).split(",") if x.strip() and int(x)]
+        variants = {size: load_bundle(select_size(args.model, size)) for size in sizes} or {
+            bundle.input_size[0]: bundle}
+        sizes = list(variants)
+    except ValueError as exc:
+        print(f"ripeye bench: {exc}", file=sys.stderr)
+        return 2
     results = []
-    for label, backend, kind, precision in wanted:
-        path = find_artifact(bundle, kind, precision)
-        row = {"label": label, "backend": backend, "precision": precision}
-        if path is None:
-            row["skipped"] = f"no {kind} {precision} artifact"
-            results.append(row)
-            print(f"[bench] {label}: skipped ({row['skipped']})", file=sys.stderr)
-            continue
-        if backend == "pytorch":
-            try:
-                importlib.import_module("ultralytics")
-            except ImportError:
-                row["skipped"] = "train extra not installed"
+    for size, variant in variants.items():
+        for label, backend, kind, precision in wanted:
+            # the .pt takes any input size, so the PyTorch row of a variant uses the main folder's weights
+            path = find_artifact(bundle if kind == "pt" else variant, kind, precision)
+            row = {"label": label, "backend": backend, "precision": precision, "imgsz": size}
+            tag = f"{label} @{size}"
+            if path is None:
+                row["skipped"] = f"no {kind} {precision} artifact"
                 results.append(row)
-                print(f"[bench] {label}: skipped (torch/ultralytics not installed)", file=sys.stderr)
+                print(f"[bench] {tag}: skipped ({row['skipped']})", file=sys.stderr)
                 continue
-        spec = {"model": str(bundle.root), "artifact": str(path), "backend": backend, "precision": precision,
-                "images": timing_images, "threads": threads, "warmup": args.warmup, "reps": args.reps,
-                "imgsz": [args.imgsz, args.imgsz] if args.imgsz else None,
-                "data": str(data) if data else None, "data_images": str(data_images) if data_images else None,
-                "inflight": args.inflight}
-        print(f"[bench] {label} ...", file=sys.stderr, flush=True)
-        row.update(run_one(spec))
-        row["artifact"] = str(path.relative_to(bundle.root)) if path.is_relative_to(bundle.root) else str(path)
-        row["size_mb"] = round(artifact_size(path) / 2**20, 2)
-        print(f"[bench] {label}: {row.get('median_ms', row.get('error'))} ms", file=sys.stderr, flush=True)
-        results.append(row)
+            if backend == "pytorch":
+                try:
+                    importlib.import_module("ultralytics")
+                except ImportError:
+                    row["skipped"] = "train extra not installed"
+                    results.append(row)
+                    print(f"[bench] {tag}: skipped (torch/ultralytics not installed)", file=sys.stderr)
+                    continue
+            spec = {"model": str(variant.root), "artifact": str(path), "backend": backend, "precision": precision,
+                    "images": timing_images, "threads": threads, "warmup": args.warmup, "reps": args.reps,
+                    "imgsz": [size, size],
+                    "data": str(data) if data else None, "data_images": str(data_images) if data_images else None,
+                    "inflight": args.inflight}
+            print(f"[bench] {tag} ...", file=sys.stderr, flush=True)
+            row.update(run_one(spec))
+            row["artifact"] = str(path.relative_to(bundle.root)) if path.is_relative_to(bundle.root) else str(path)
+            row["size_mb"] = round(artifact_size(path) / 2**20, 2)
+            print(f"[bench] {tag}: {row.get('median_ms', row.get('error'))} ms", file=sys.stderr, flush=True)
+            results.append(row)
     report = {"machine": machine_name(), "created_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "model": bundle.name, "model_version": bundle.version, "imgsz": args.imgsz or bundle.input_size[0],
+              "model": bundle.name, "model_version": bundle.version, "imgsz": sizes,
               "threads": threads, "warmup": args.warmup, "reps": args.reps, "n_images": len(timing_images),
               "inflight": args.inflight, "data_name": data.name if data else "none",
               "n_eval": len(json.loads(data.read_text())["images"]) if data else 0, "results": results}
@@ -299,7 +330,8 @@ def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL_DIR))
     p.add_argument("--data", help="COCO annotations JSON for mAP (images beside it as <root>/<split>)")
     p.add_argument("--images", help="images of --data")
-    p.add_argument("--imgsz", type=int, default=0, help="input size (default: the model's)")
+    p.add_argument("--imgsz", default="0", help="input sizes, e.g. 320,416,640: the model folder's variants "
+                                              "(sizes/<N>/; default: the folder's own size)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--reps", type=int, default=100)

@@ -63,7 +63,8 @@ def cmd_detect(args) -> int:
 
     _setup_logging(args.log_level or "WARNING")
     try:
-        detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads))
+        detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads),
+                                 imgsz=args.imgsz)
     except (NoUsableBackend, FileNotFoundError, ValueError) as exc:
         print(f"ripeye detect: {exc}", file=sys.stderr)
         return 2
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--conf", type=float, default=0.25)
     det.add_argument("--iou", type=float, default=0.45)
     det.add_argument("--threads", type=int, default=0)
+    det.add_argument("--imgsz", type=int, default=0, help="input-size variant of the model folder (default: its own)")
     det.add_argument("--json", action="store_true", help="one JSON line per image")
     det.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     det.set_defaults(func=cmd_detect)

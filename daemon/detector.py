@@ -13,7 +13,7 @@ import numpy as np
 
 from daemon import runtimes, vision
 from daemon.hardware import HardwareProfile, classify, probe
-from daemon.model import ModelBundle, load_bundle
+from daemon.model import ModelBundle, load_bundle, select_size
 from daemon.runtimes.base import ArtifactError, RuntimeOptions, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,13 @@ def backend_chain(requested: str, profile: Optional[HardwareProfile] = None,
 
 
 def load_detector(model_path: str | Path, backend: str = "auto", precision: str = "auto",
-                  options: Optional[RuntimeOptions] = None, profile: Optional[HardwareProfile] = None) -> Detector:
-    """Load the best artifact on the first backend that works, logging each failure and falling back."""
+                  options: Optional[RuntimeOptions] = None, profile: Optional[HardwareProfile] = None,
+                  imgsz: int = 0) -> Detector:
+    """Load the best artifact on the first backend that works, logging each failure and falling back.
+
+    `imgsz` picks the model folder's input-size variant (0: the folder's own size)."""
     options = options or RuntimeOptions()
-    bundle = load_bundle(model_path)
+    bundle = load_bundle(select_size(model_path, imgsz))
     options.extra.setdefault("model_hash", bundle.version)
     chain, why = backend_chain(backend, profile, Path(options.cache_dir).expanduser(), bundle)
     measured_precision = None

@@ -120,7 +120,12 @@ def main(args) -> int:
         from daemon.runtimes.base import RuntimeOptions
 
         images = Path(args.images) if args.images else coco_json.parent.parent / coco_json.stem
-        detector = load_detector(args.artifact, args.backend, args.precision, RuntimeOptions(threads=args.threads))
+        try:
+            detector = load_detector(args.artifact, args.backend, args.precision,
+                                     RuntimeOptions(threads=args.threads), imgsz=args.imgsz)
+        except ValueError as exc:  # e.g. no variant of that input size: the message names the sizes present
+            print(f"ripeye eval: {exc}", file=sys.stderr)
+            return 2
         metrics = evaluate_detector(detector, coco_json, images, class_map)
         source = f"{detector.backend} {detector.runtime.precision} {detector.runtime.artifact}"
     if args.json:
@@ -142,4 +147,5 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--imgsz", type=int, default=0, help="input-size variant of the model folder (default: its own)")
     p.add_argument("--json", action="store_true")

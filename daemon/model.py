@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 METADATA = "metadata.json"
+# Input-size variants of a model folder live in <folder>/sizes/<N>/, each a complete model folder of its own.
+SIZES_DIR = "sizes"
 # Which artifact kinds each backend can load, best first.
 BACKEND_FORMATS = {
     "openvino": ("openvino", "onnx"),
@@ -115,3 +117,44 @@ def load_bundle(path: str | Path) -> ModelBundle:
     return ModelBundle(root=root, name=metadata.get("name", root.name if path.is_dir() else path.stem),
                        class_names=list(names), input_size=(int(size[0]), int(size[1])), version=version,
                        artifacts=artifacts, metadata=metadata)
+
+
+def _folder_size(folder: Path) -> Optional[int]:
+    meta = folder / METADATA
+    if not meta.is_file():
+        return None
+    size = json.loads(meta.read_text()).get("input_size") or (640, 640)
+    return int(size[0])
+
+
+def size_variants(folder: str | Path) -> dict[int, Path]:
+    """Input sizes a model folder offers: its own (metadata.json) and each sizes/<N>/ holding a model."""
+    folder = Path(folder)
+    found: dict[int, Path] = {}
+    for sub in sorted((folder / SIZES_DIR).glob("*")) if (folder / SIZES_DIR).is_dir() else []:
+        if sub.name.isdigit() and ((sub / "model.onnx").is_file() or (sub / MANIFEST).is_file()):
+            found[int(sub.name)] = sub
+    own = _folder_size(folder)
+    if own is not None:
+        found[own] = folder
+    return dict(sorted(found.items()))
+
+
+class SizeNotFound(ValueError):
+    """The model folder has no variant of the input size asked for."""
+
+
+def select_size(path: str | Path, imgsz: int = 0) -> Path:
+    """The model folder (or artifact) to load for input size `imgsz` (0: the path as given)."""
+    path = Path(path).expanduser()
+    if not imgsz:
+        return path
+    if not path.is_dir():
+        raise ValueError(f"model.imgsz {imgsz} needs a model folder, not the single artifact {path} "
+                         f"(an artifact has one input size)")
+    variants = size_variants(path)
+    if imgsz in variants:
+        return variants[imgsz]
+    present = ", ".join(str(n) for n in variants) or "none"
+    raise SizeNotFound(f"model {path} has no {imgsz}x{imgsz} variant; sizes present: {present} "
+                     f"(derive one with `ripeye optimize {path} --imgsz {imgsz}`)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from daemon import vision
-from daemon.model import MANIFEST, file_hash, load_bundle
+from daemon.model import MANIFEST, METADATA, SIZES_DIR, file_hash, load_bundle, size_variants
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,75 @@ def optimize(args) -> dict:
     return manifest
 
 
+# ---- input-size variants --------------------------------------------------------------------------------------------
+def parse_sizes(text: str) -> list[int]:
+    """'320,416,640' → [320, 416, 640]; each a multiple of the YOLO stride 32."""
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 32 or int(part) % 32:
+            raise ValueError(f"--imgsz {part!r}: input sizes are multiples of 32 (e.g. 320,416,512,640)")
+        sizes.append(int(part))
+    return sorted(set(sizes))
+
+
+def derive_size_variant(root: Path, size: int) -> Path:
+    """Make <root>/sizes/<size>/ hold a model.onnx exported at size×size from <root>/model.pt, with its metadata.
+
+    The export needs torch + Ultralytics (the `train` extra); an ONNX already placed there is used as it is.
+    """
+    folder = root / SIZES_DIR / str(size)
+    onnx_path = folder / "model.onnx"
+    if not onnx_path.is_file():
+        weights = root / "model.pt"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {onnx_path} and no {weights} to export it from")
+        try:
+            from ultralytics import YOLO
+        except ImportError as exc:
+            raise RuntimeError(f"exporting the {size}x{size} ONNX from {weights} needs the train extra "
+                               f"(pip install 'ripeye[train]'), or place an ONNX exported at that size in "
+                               f"{onnx_path}") from exc
+        import tempfile
+
+        from daemon.train import offline_env
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            offline_env(Path(tmp))
+            shutil.copy(weights, Path(tmp) / "model.pt")
+            exported = YOLO(str(Path(tmp) / "model.pt")).export(format="onnx", imgsz=size, batch=1, dynamic=False,
+                                                                 simplify=True, opset=17)
+            shutil.copy(exported, onnx_path)
+    meta = json.loads((root / METADATA).read_text()) if (root / METADATA).is_file() else {}
+    # same weights, another input size: the folder two levels up holds the training record and model.pt
+    meta["variant_of"] = {"folder": "../..", "input_size": meta.get("input_size")}
+    meta["input_size"] = [size, size]
+    meta["sources"] = {"model.onnx": sha256_file(onnx_path)}
+    (folder / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    if (root / "calibration.txt").is_file():
+        shutil.copy(root / "calibration.txt", folder / "calibration.txt")
+    return folder
+
+
+def optimize_sizes(args) -> dict[int, dict]:
+    """`--imgsz 320,416,640`: every runtime artifact for each input size, each with the same accuracy gate."""
+    root = Path(args.model)
+    if not root.is_dir():
+        raise ValueError(f"--imgsz needs a model folder (with model.pt or sizes/<N>/model.onnx), not {root}")
+    if args.out:
+        raise ValueError("--imgsz writes each size into <model>/sizes/<N>/; drop --out")
+    own = size_variants(root)
+    manifests = {}
+    for size in parse_sizes(args.imgsz):
+        folder = root if own.get(size) == root else derive_size_variant(root, size)
+        print(f"[optimize] input size {size}: {folder}", file=sys.stderr, flush=True)
+        manifests[size] = optimize(argparse.Namespace(**{**vars(args), "model": str(folder), "imgsz": None}))
+    return manifests
+
+
 def tool_versions() -> dict:
     out = {}
     for mod in ("openvino", "nncf", "onnxruntime", "ncnn", "onnx"):
@@ -378,13 +448,25 @@ def add_arguments(p) -> None:
     p.add_argument("--class-map", default=None)
     p.add_argument("--max-drop", type=float, default=1.0, help="max mAP50-95 drop (points) for an INT8 artifact")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--imgsz", default=None,
+                   help="input sizes, e.g. 320,416,512,640: derive every artifact per size into <model>/sizes/<N>/ "
+                        "(the ONNX of a new size is exported from model.pt: needs the train extra)")
 
 
 def main(args) -> int:
-    manifest = optimize(args)
-    print(f"{'runtime':12s} {'prec':5s} {'accepted':8s} {'size MB':>8s}  note")
-    for a in manifest["artifacts"]:
-        size = f"{a['size_bytes'] / 1e6:.2f}" if "size_bytes" in a else "-"
-        print(f"{a['runtime']:12s} {a['precision']:5s} {str(a['accepted']):8s} {size:>8s}  "
-              f"{a.get('failed') or a.get('note', '')}")
-    return 0 if not any(a.get("failed") for a in manifest["artifacts"]) else 1
+    try:
+        manifests = optimize_sizes(args) if args.imgsz else {0: optimize(args)}
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"ripeye optimize: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    for size, manifest in manifests.items():
+        if size:
+            print(f"input size {size}")
+        print(f"{'runtime':12s} {'prec':5s} {'accepted':8s} {'size MB':>8s}  note")
+        for a in manifest["artifacts"]:
+            mb = f"{a['size_bytes'] / 1e6:.2f}" if "size_bytes" in a else "-"
+            print(f"{a['runtime']:12s} {a['precision']:5s} {str(a['accepted']):8s} {mb:>8s}  "
+                  f"{a.get('failed') or a.get('note', '')}")
+        failed = failed or any(a.get("failed") for a in manifest["artifacts"])
+    return 1 if failed else 0

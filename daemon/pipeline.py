@@ -20,6 +20,7 @@ from daemon.config import Config, ConfigError
 from daemon.detector import Detector, NoUsableBackend, load_detector
 from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
+from daemon.model import SizeNotFound
 from daemon.mqtt import MqttLink
 from daemon.runtimes.base import RuntimeOptions
 from daemon.service import Notifier
@@ -191,9 +192,11 @@ class Daemon:
     def _load_detector(self) -> bool:
         cfg = self.cfg
         try:
-            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg))
+            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg),
+                                     imgsz=cfg.model.imgsz)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
-            self.report_error("model", f"{cfg.model.path}: {exc}", key="model.path")
+            key = "model.imgsz" if isinstance(exc, SizeNotFound) else "model.path"
+            self.report_error("model", f"{cfg.model.path}: {exc}", key=key)
             return False
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
