@@ -40,3 +40,24 @@ def test_real_dataset_labels_and_stratified_calibration(dataset, tmp_path):
     ripe_images = sum(any(line.startswith("0 ") for line in per_image[f]) for f in chosen)
     assert ripe_images >= 30  # the rarest class is not left to chance
     assert chosen == train.choose_calibration(coco, train.parse_class_map(None), 100, seed=0)  # reproducible
+
+
+def test_oversampling_repeats_only_training_images_of_the_class(dataset, tmp_path):
+    """`ripeye train --oversample ripe`: images showing ripe fruit appear twice in train, valid is untouched."""
+    coco = json.loads((dataset / "annotations" / "train.json").read_text())
+    labels, _ = train.coco_to_yolo_labels(coco, train.parse_class_map(None))
+    with_ripe = sum(any(line.startswith("0 ") for line in lines) for lines in labels.values())
+    assert train.oversample_plan({"a": ["0 .5 .5 .1 .1"], "b": ["2 .5 .5 .1 .1"], "c": []}, 0, 3) == \
+        {"a": 3, "b": 1, "c": 1}
+    train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None), oversample="ripe", oversample_factor=2)
+    ds = tmp_path / "dataset"
+    assert len(list((ds / "images" / "train").iterdir())) == 309 + with_ripe
+    assert len(list((ds / "labels" / "train").glob("*__dup1.txt"))) == with_ripe
+    assert len(list((ds / "images" / "valid").iterdir())) == 67
+    dup = next((ds / "labels" / "train").glob("*__dup1.txt"))
+    assert dup.read_text() == (dup.parent / dup.name.replace("__dup1", "")).read_text()
+    with pytest.raises(ValueError, match="not a class"):
+        train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None), oversample="rotten")
+    # a later run without oversampling leaves no stale duplicates behind
+    train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None))
+    assert len(list((ds / "images" / "train").iterdir())) == 309
