@@ -1,0 +1,124 @@
+"""Input-size variants of the shipped model: selection by size, clear errors, detect/eval/bench/optimize --imgsz."""
+
+import json
+import shutil
+import subprocess
+from argparse import Namespace
+
+import pytest
+
+from daemon import optimize
+from daemon.model import SizeNotFound, load_bundle, select_size, size_variants
+from tests.conftest import REPO, RIPEYE, start_daemon, write_config
+
+SHIPPED_SIZES = [320, 416, 512, 640]
+
+
+def test_shipped_model_offers_each_size(model_dir):
+    variants = size_variants(model_dir)
+    assert list(variants) == SHIPPED_SIZES
+    assert variants[640] == model_dir
+    for size in (320, 416, 512):
+        bundle = load_bundle(variants[size])
+        assert bundle.input_size == (size, size)
+        assert bundle.class_names == ["ripe", "half_ripe", "unripe"]
+        assert bundle.version != load_bundle(model_dir).version  # another ONNX, another version
+        kinds = {(a.kind, a.precision) for a in bundle.artifacts if a.accepted}
+        assert {("onnx", "fp32"), ("openvino", "fp32"), ("ncnn", "fp16")} <= kinds
+
+
+def test_select_size_names_the_sizes_present(model_dir, tmp_path):
+    assert select_size(model_dir, 0) == model_dir
+    assert select_size(model_dir, 320) == model_dir / "sizes" / "320"
+    with pytest.raises(SizeNotFound, match="sizes present: 320, 416, 512, 640"):
+        select_size(model_dir, 384)
+    with pytest.raises(ValueError, match="single artifact"):
+        select_size(model_dir / "model.onnx", 320)
+
+
+def test_parse_sizes_rejects_non_stride_multiples():
+    assert optimize.parse_sizes("640, 320,416,320") == [320, 416, 640]
+    with pytest.raises(ValueError, match="multiples of 32"):
+        optimize.parse_sizes("320,400")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        optimize.parse_sizes("abc")
+
+
+def test_detect_with_imgsz_uses_the_variant(dataset, model_dir):
+    image = sorted((dataset / "valid").glob("*.jpg"))[0]
+    out = {}
+    for size in (320, 640):
+        r = subprocess.run([*RIPEYE, "detect", "--json", "--imgsz", str(size), "--backend", "onnxruntime",
+                            "--precision", "fp32", str(image)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out[size] = json.loads(r.stdout)["detections"]
+    assert out[320] and out[640]
+    assert out[320] != out[640]  # a different network input gives (slightly) different boxes
+    r = subprocess.run([*RIPEYE, "detect", "--imgsz", "384", str(image)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "384x384" in r.stderr and "320, 416, 512, 640" in r.stderr
+
+
+def test_eval_with_missing_size_is_a_clear_error(dataset, model_dir):
+    r = subprocess.run([*RIPEYE, "eval", str(model_dir), "--imgsz", "999", "--data",
+                        str(dataset / "annotations" / "valid.json")], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "999x999" in r.stderr and "sizes present" in r.stderr
+
+
+def test_optimize_imgsz_without_weights_or_onnx_says_what_is_missing(model_dir, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(model_dir / "metadata.json", folder)
+    shutil.copy(model_dir / "model.onnx", folder)
+    r = subprocess.run([*RIPEYE, "optimize", str(folder), "--imgsz", "320"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "model.pt" in r.stderr and "sizes/320/model.onnx" in r.stderr
+    args = Namespace(model=str(folder), out=str(tmp_path / "o"), imgsz="320")
+    with pytest.raises(ValueError, match="drop --out"):
+        optimize.optimize_sizes(args)
+
+
+def test_optimize_imgsz_derives_artifacts_into_the_size_folder(model_dir, tmp_path):
+    """With an ONNX of that size in place (as `--imgsz` leaves after exporting it), the per-size run derives the
+    runtime artifacts and the manifest there (NCNN only here, to stay quick; the gate is tested elsewhere)."""
+    folder = tmp_path / "m"
+    (folder / "sizes" / "320").mkdir(parents=True)
+    shutil.copy(model_dir / "metadata.json", folder)
+    shutil.copy(model_dir / "sizes" / "320" / "model.onnx", folder / "sizes" / "320")
+    args = Namespace(model=str(folder), out=None, imgsz="320", calib=None, calib_root=None, calib_count=4,
+                     targets="ncnn", data=None, images=None, class_map=None, max_drop=1.0, eval_limit=None)
+    manifests = optimize.optimize_sizes(args)
+    assert list(manifests) == [320]
+    meta = json.loads((folder / "sizes" / "320" / "metadata.json").read_text())
+    assert meta["input_size"] == [320, 320] and meta["variant_of"]["input_size"] == [640, 640]
+    bundle = load_bundle(select_size(folder, 320))
+    assert bundle.input_size == (320, 320)
+    assert {(a.kind, a.precision) for a in bundle.artifacts if a.kind == "ncnn"} == {("ncnn", "fp32"), ("ncnn", "fp16")}
+
+
+def test_bench_rows_per_size(tmp_path, model_dir):
+    r = subprocess.run([*RIPEYE, "bench", str(model_dir), "--imgsz", "320,640", "--reps", "3", "--warmup", "1",
+                        "--n-images", "2", "--inflight", "1", "--only", "openvino fp32", "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["imgsz"] == [320, 640]
+    rows = {row["imgsz"]: row for row in report["results"]}
+    assert set(rows) == {320, 640} and all(row["median_ms"] > 0 for row in rows.values())
+    md = (tmp_path / "bench.md").read_text()
+    assert "| OpenVINO FP32 | 320 |" in md and "| OpenVINO FP32 | 640 |" in md and "vs 640" in md
+
+
+def test_daemon_reports_a_missing_size_on_errors(tmp_path, broker, subscriber_factory, model_dir):
+    sub = subscriber_factory(broker.port)
+    cfg = write_config(tmp_path / "c.yaml", {
+        "device_id": "sz", "source": {"uri": "sample"}, "model": {"path": str(model_dir), "imgsz": 384},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port}, "stats": {"interval_s": 1}})
+    proc = start_daemon(cfg)
+    try:
+        err = sub.wait_for("errors", lambda p: b"384x384" in p, timeout=60)
+        assert json.loads(err)["key"] == "model.imgsz"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
