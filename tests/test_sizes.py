@@ -122,3 +122,29 @@ def test_daemon_reports_a_missing_size_on_errors(tmp_path, broker, subscriber_fa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _row(label, size, ms, m50=None):
+    row = {"label": label, "imgsz": size, "median_ms": ms}
+    if m50 is not None:
+        row.update({"mAP50": m50, "mAP50-95": m50 - 0.2, "per_class": {"ripe": {"AP50": m50 - 0.05}}})
+    return row
+
+
+def test_board_table_projections_and_default_size_rule():
+    """bench/board_table.py: Pi 5 projected from the published 640 figure by the ratio measured here; the default
+    size is the smallest whose mAP50 is within 1 point of the best."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("board_table", REPO / "bench" / "board_table.py")
+    board_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(board_table)
+    report = {"machine": "test", "created_at": "now", "data_name": "valid.json", "n_eval": 67, "imgsz": [320, 416, 640],
+              "results": [_row("OpenVINO FP32", 320, 10, 0.70), _row("OpenVINO FP32", 416, 15, 0.797),
+                          _row("OpenVINO FP32", 640, 30, 0.805), _row("NCNN FP32", 320, 20), _row("NCNN FP32", 640, 80),
+                          {"label": "NCNN FP16", "imgsz": 320, "skipped": "no artifact"}]}
+    assert board_table.default_size(report, "OpenVINO FP32") == 416  # 0.797 is within 1 point of 0.805; 0.70 is not
+    assert board_table.default_size(report, "NCNN FP32") is None  # no accuracy measured for it
+    md = board_table.table(report)
+    assert "| 320 | 0.5000 | 0.7000 | 0.6500 | – | – | ≈22 | ≈27 | ≥1.2 |" in md  # 88.0 × 20/80, 81.2 × 10/30
+    assert "OpenVINO FP32 → 416" in md
