@@ -21,8 +21,9 @@ def cmd_run(args) -> int:
     from daemon import config
     from daemon.pipeline import Daemon
 
+    state_problems: list[str] = []  # the daemon's own state files set aside, reported once it is up
     try:
-        cfg = config.load_with_overrides(args.config) if args.config else config.load(None)
+        cfg = config.load_with_overrides(args.config, state_problems) if args.config else config.load(None)
     except ConfigError as exc:
         print(f"ripeye: invalid config\n{exc}", file=sys.stderr)
         return 2
@@ -40,7 +41,9 @@ def cmd_run(args) -> int:
             print(f"ripeye: {exc}", file=sys.stderr)
             return 2
     _setup_logging(args.log_level or cfg.log.level)
-    return Daemon(cfg, args.config).run_forever()
+    daemon = Daemon(cfg, args.config)
+    daemon.state_problems.extend(state_problems)
+    return daemon.run_forever()
 
 
 def _image_paths(paths: list[str]) -> list[Path]:

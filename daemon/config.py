@@ -227,6 +227,8 @@ def read_yaml(path: Path) -> dict:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text (byte {exc.start})")]) from None
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -263,14 +265,36 @@ def overrides_file(cfg: Config) -> Path:
     return Path(cfg.state_dir).expanduser() / "overrides.yaml"
 
 
-def load_with_overrides(path: Optional[str | Path]) -> Config:
-    """The YAML file plus persisted `set` overrides from the state dir (the user's YAML is never rewritten)."""
+def load_with_overrides(path: Optional[str | Path], set_aside: Optional[list[str]] = None) -> Config:
+    """The YAML file plus persisted `set` overrides from the state dir (the user's YAML is never rewritten).
+
+    With `set_aside` (a list, at daemon start) an overrides file that does not parse or validate is the daemon's own
+    state gone bad (a power cut mid-write on an older version, a disk error): it is moved to
+    `overrides.yaml.bad-<time>`, the reason appended to the list, and the user's config alone is used; without it,
+    the ConfigError is raised as before.
+    """
     base = load(path)
     file = overrides_file(base)
+    if set_aside is not None:
+        from daemon.durable import remove_leftovers
+
+        remove_leftovers(file)
     if not file.is_file():
         return base
-    patch = read_yaml(file)
-    return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
+    try:
+        patch = read_yaml(file)
+        if not isinstance(patch, dict) or not patch:  # the daemon never writes an empty file: a torn write
+            raise ConfigError(str(file), [("", f"top level must be a non-empty mapping, not {patch!r:.40}")])
+        return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
+    except ConfigError as exc:
+        if set_aside is None:
+            raise
+        from daemon.durable import set_aside as move_aside
+
+        moved = move_aside(file)
+        set_aside.append(f"persisted overrides unusable, moved to {moved}; running on {path or 'the defaults'} "
+                         f"alone: {exc}")
+        return base
 
 
 def merge_patch(target: dict, patch: dict) -> dict:

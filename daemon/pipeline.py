@@ -96,12 +96,14 @@ class Daemon:
         self.metrics = Metrics()
         self.web = None
         self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
+        self.state_problems: list[str] = []  # own state files found bad and set aside before start
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.mqtt.enabled:
             self.link = self._make_link(self.cfg)
             self.link.start()
+        self._report_state_problems()
         threading.Thread(target=lambda: setattr(self, "harvest", self._make_harvest(self.cfg)), name="tracking-init",
                          daemon=True).start()
         self._load_detector()
@@ -112,6 +114,14 @@ class Daemon:
         if self.cfg.http.enabled:
             self._start_web()
         self._spawn(self._housekeeping_loop, "housekeeping")
+
+    def _report_state_problems(self) -> None:
+        """State files (persisted overrides, the tune cache) that did not read are set aside; say so on `errors`."""
+        from daemon import tune
+
+        problem = tune.check_cache(Path(self.cfg.runtime.cache_dir))
+        for message in [*self.state_problems, *([problem] if problem else [])]:
+            self.report_error("state", message)
 
     def _make_link(self, cfg: Config) -> MqttLink:
         link = MqttLink(cfg.mqtt, cfg.device_id, on_message=self._on_message, on_connected=self._on_connected)
