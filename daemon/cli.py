@@ -66,7 +66,8 @@ def cmd_detect(args) -> int:
 
     _setup_logging(args.log_level or "WARNING")
     try:
-        detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads))
+        detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads),
+                                 allow_rejected=args.allow_rejected)
     except (NoUsableBackend, FileNotFoundError, ValueError) as exc:
         print(f"ripeye detect: {exc}", file=sys.stderr)
         return 2
@@ -80,7 +81,8 @@ def cmd_detect(args) -> int:
         dets = detector.detect(image, args.conf, args.iou)
         h, w = image.shape[:2]
         if args.json:
-            print(json.dumps({"image": str(path), "width": w, "height": h,
+            print(json.dumps({"image": str(path), "width": w, "height": h, "backend": detector.backend,
+                              "precision": detector.runtime.precision,
                               "detections": [d.to_json(w, h) for d in dets]}), flush=True)
         else:
             counts: dict[str, int] = {}
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--iou", type=float, default=0.45)
     det.add_argument("--threads", type=int, default=0)
     det.add_argument("--json", action="store_true", help="one JSON line per image")
+    det.add_argument("--allow-rejected", action="store_true",
+                     help="load an artifact given by path even though the accuracy gate rejected it (warns)")
     det.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     det.set_defaults(func=cmd_detect)
 

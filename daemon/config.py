@@ -38,6 +38,8 @@ class ModelConfig(Strict):
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     alternatives: dict[str, str] = Field(default_factory=dict,
                                          description="named model paths the `model` MQTT command may switch to")
+    allow_rejected: bool = Field(False, description="load an artifact the accuracy gate rejected when model.path "
+                                                    "names it directly (logged loudly)")
 
 
 class RuntimeConfig(Strict):

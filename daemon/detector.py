@@ -89,10 +89,11 @@ def backend_chain(requested: str, profile: Optional[HardwareProfile] = None,
 
 
 def load_detector(model_path: str | Path, backend: str = "auto", precision: str = "auto",
-                  options: Optional[RuntimeOptions] = None, profile: Optional[HardwareProfile] = None) -> Detector:
+                  options: Optional[RuntimeOptions] = None, profile: Optional[HardwareProfile] = None,
+                  allow_rejected: bool = False) -> Detector:
     """Load the best artifact on the first backend that works, logging each failure and falling back."""
     options = options or RuntimeOptions()
-    bundle = load_bundle(model_path)
+    bundle = load_bundle(model_path, allow_rejected)
     options.extra.setdefault("model_hash", bundle.version)
     chain, why = backend_chain(backend, profile, Path(options.cache_dir).expanduser(), bundle)
     measured_precision = None

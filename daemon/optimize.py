@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from daemon import vision
+from daemon import artifact_info, vision
+from daemon.durable import write_durably
 from daemon.model import MANIFEST, file_hash, load_bundle
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ def optimize(args) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_onnx": {"file": "model.onnx", "sha256": sha256_file(source)},
         "calibration": {"images": len(calib_files), "list_sha256": calib_hash},
-        "accuracy_gate": {"max_drop_points": args.max_drop, "data": str(data) if data else None,
+        "accuracy_gate": {"max_drop_points": args.max_drop, "data": dataset_reference(data) if data else None,
                           "fp32_reference": metrics_fp32},
         "tools": tool_versions(),
         "artifacts": [],
@@ -351,8 +352,17 @@ def optimize(args) -> dict:
         if s.attempts:
             entry["attempts"] = s.attempts
         manifest["artifacts"].append(entry)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    write_durably(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    # every ONNX/OpenVINO artifact names its classes, input size and source even when copied out alone
+    return artifact_info.stamp_bundle(out)
+
+
+def dataset_reference(annotations: Path) -> dict:
+    """Which annotations the gate used, without this machine's path: dataset folder name, file in it, content hash."""
+    annotations = Path(annotations).resolve()
+    dataset = annotations.parent.parent if annotations.parent.name == "annotations" else annotations.parent
+    return {"dataset": dataset.name, "file": str(annotations.relative_to(dataset)),
+            "sha256": sha256_file(annotations)}
 
 
 def tool_versions() -> dict:
@@ -378,9 +388,18 @@ def add_arguments(p) -> None:
     p.add_argument("--class-map", default=None)
     p.add_argument("--max-drop", type=float, default=1.0, help="max mAP50-95 drop (points) for an INT8 artifact")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--stamp-only", action="store_true",
+                   help="only embed class names, input size and source hash into the existing ONNX/OpenVINO "
+                        "artifacts (no re-quantizing) and refresh their hashes in manifest.json")
 
 
 def main(args) -> int:
+    if args.stamp_only:
+        folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+        manifest = artifact_info.stamp_bundle(folder)
+        print(f"stamped class names, input size and source hash into the artifacts of {folder}; "
+              f"{MANIFEST} hashes refreshed")
+        return 0
     manifest = optimize(args)
     print(f"{'runtime':12s} {'prec':5s} {'accepted':8s} {'size MB':>8s}  note")
     for a in manifest["artifacts"]:

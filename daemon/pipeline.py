@@ -201,7 +201,8 @@ class Daemon:
     def _load_detector(self) -> bool:
         cfg = self.cfg
         try:
-            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg))
+            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg),
+                                     allow_rejected=cfg.model.allow_rejected)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             self.report_error("model", f"{cfg.model.path}: {exc}", key="model.path")
             return False

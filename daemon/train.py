@@ -189,7 +189,7 @@ def export(args) -> Path:
         "stride": int(max(model.model.stride)),
         "output_layout": "1x(4+nc)xN, boxes cx,cy,w,h in input pixels, class scores sigmoid-ed",
         "training": {
-            "data": str(Path(args.data)),
+            "dataset": dataset_fingerprint(Path(args.data)),
             "class_map": parse_class_map(args.class_map),
             "settings": {k: train_args.get(k) for k in ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0",
                                                        "mosaic", "close_mosaic", "hsv_h", "fliplr")},
@@ -201,6 +201,17 @@ def export(args) -> Path:
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"exported {out / 'model.onnx'}")
     return out / "model.onnx"
+
+
+def dataset_fingerprint(root: Path) -> dict:
+    """The training data by name and content, not by this machine's path: sha256 over every file's relative path
+    and sha256, in path order (the same on any machine holding the same files)."""
+    root = Path(root).resolve()
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{sha256(p)}\n".encode())
+    return {"name": root.name, "files": len(files), "sha256": h.hexdigest()}
 
 
 def _annotations_hash(root: Path, split: str) -> str | None:
