@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -160,6 +161,39 @@ class HttpConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
     jpeg_quality: int = Field(75, ge=10, le=100)
+    token_file: Optional[str] = Field(None, description="file holding the access token; when set, every endpoint "
+                                                        "but /healthz needs it (Bearer, or basic auth password)")
+    allow_unauthenticated: bool = Field(False, description="serve without a token beyond loopback (explicit)")
+
+    @model_validator(mode="after")
+    def _credential_beyond_loopback(self):
+        if self.enabled and not self.token_file and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(f"http.host {self.host!r} is reachable from other machines and the live view shows the "
+                             "camera: set http.token_file (a file holding an access token) or, to serve it open "
+                             "anyway, http.allow_unauthenticated: true")
+        return self
+
+    def token(self) -> Optional[str]:
+        """The access token from token_file (never stored in the config); OSError naming the file if unusable."""
+        if not self.token_file:
+            return None
+        path = Path(self.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OSError(f"http.token_file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise OSError(f"http.token_file {path} is empty")
+        return token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
 
 
 class LogConfig(Strict):
@@ -194,6 +228,8 @@ class Config(Strict):
         for key in ("password_file", "password_env"):
             if data["mqtt"].get(key):
                 data["mqtt"][key] = "***"
+        if data["http"].get("token_file"):
+            data["http"]["token_file"] = "***"
         return data
 
 
