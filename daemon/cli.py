@@ -118,7 +118,10 @@ def cmd_demo(args) -> int:
             print(f"ripeye demo: no broker on localhost:{args.port} and mosquitto is not installed "
                   "(./install.sh --dev installs it)", file=sys.stderr)
             return 2
-        broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: Ctrl-C signals the terminal's whole process group, and a broker stopped along with the
+        # daemon would be gone before the daemon says goodbye ("lost the broker"). We stop it after the daemon.
+        broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
         for _ in range(50):
             if _port_open("127.0.0.1", args.port):
                 break
@@ -130,10 +133,16 @@ def cmd_demo(args) -> int:
     print(f"ripeye demo: watch with `.venv/bin/ripeye watch --port {args.port}` "
           f"(or mosquitto_sub -p {args.port} -t 'ripeye/#' -v); Ctrl-C stops", file=sys.stderr)
     try:
-        return Daemon(cfg).run_forever()
+        status = Daemon(cfg).run_forever()
     finally:
         if broker:
             broker.terminate()
+            try:
+                broker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+    print(f"ripeye demo: stopped{' (and the broker it started)' if broker else ''}", file=sys.stderr, flush=True)
+    return status
 
 
 def cmd_watch(args) -> int:
