@@ -197,7 +197,7 @@ def tensorrt_options(out: Path, onnx_rel: str, int8_rel: Optional[str]) -> Step:
         pass
     dest = out / "tensorrt" / "provider_options.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"fp16_source": onnx_rel, "int8_source": int8_rel, "options": opts}, indent=2))
+    write_durably(dest, json.dumps({"fp16_source": onnx_rel, "int8_source": int8_rel, "options": opts}, indent=2))
     return Step("tensorrt", "fp16", [onnx_rel], note="engine built and cached on the device at first run")
 
 

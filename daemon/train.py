@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from daemon.durable import write_durably
+
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
 
@@ -174,6 +176,12 @@ def export(args) -> Path:
 
     strip_optimizer(str(out / "model.pt"))  # ship weights only (FP16 state dict is Ultralytics' own format)
     names = [model.names[i] for i in sorted(model.names)]
+    from daemon import artifact_info
+
+    # the source names itself too (before it is hashed: its hash is the model version, so it carries no hash)
+    artifact_info.stamp(out / "model.onnx", artifact_info.describe(
+        {"name": out.name, "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "", "onnx",
+        "fp32"))
     train_args = dict(model.ckpt.get("train_args", {})) if getattr(model, "ckpt", None) else {}
     calib = (out / "calibration.txt")
     meta = {
@@ -198,7 +206,7 @@ def export(args) -> Path:
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
         "calibration_list": calib.name if calib.exists() else None,
     }
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_durably(out / "metadata.json", json.dumps(meta, indent=2) + "\n")
     print(f"exported {out / 'model.onnx'}")
     return out / "model.onnx"
 
