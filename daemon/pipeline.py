@@ -200,12 +200,16 @@ class Daemon:
 
     def _load_detector(self) -> bool:
         cfg = self.cfg
+        options = runtime_options(cfg)
         try:
-            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg),
+            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
                                      allow_rejected=cfg.model.allow_rejected)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             self.report_error("model", f"{cfg.model.path}: {exc}", key="model.path")
             return False
+        finally:
+            for message in options.extra.pop("state_problems", []):  # engine caches set aside while loading
+                self.report_error("state", message)
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
         with self.detector_lock:
