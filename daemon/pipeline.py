@@ -172,7 +172,7 @@ class Daemon:
             self.web.start()
         except OSError as exc:  # port taken: the daemon still runs, the live view does not
             self.report_error("http", f"cannot serve on {self.cfg.http.host}:{self.cfg.http.port}: {exc}",
-                              key="http.port")
+                              key="http.token_file" if "http.token_file" in str(exc) else "http.port")
             self.web = None
 
     def refresh_metrics(self) -> None:
