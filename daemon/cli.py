@@ -21,8 +21,9 @@ def cmd_run(args) -> int:
     from daemon import config
     from daemon.pipeline import Daemon
 
+    state_problems: list[str] = []  # the daemon's own state files set aside, reported once it is up
     try:
-        cfg = config.load_with_overrides(args.config) if args.config else config.load(None)
+        cfg = config.load_with_overrides(args.config, state_problems) if args.config else config.load(None)
     except ConfigError as exc:
         print(f"ripeye: invalid config\n{exc}", file=sys.stderr)
         return 2
@@ -40,7 +41,9 @@ def cmd_run(args) -> int:
             print(f"ripeye: {exc}", file=sys.stderr)
             return 2
     _setup_logging(args.log_level or cfg.log.level)
-    return Daemon(cfg, args.config).run_forever()
+    daemon = Daemon(cfg, args.config)
+    daemon.state_problems.extend(state_problems)
+    return daemon.run_forever()
 
 
 def _image_paths(paths: list[str]) -> list[Path]:
@@ -64,7 +67,7 @@ def cmd_detect(args) -> int:
     _setup_logging(args.log_level or "WARNING")
     try:
         detector = load_detector(args.model, args.backend, args.precision, RuntimeOptions(threads=args.threads),
-                                 imgsz=args.imgsz)
+                                 imgsz=args.imgsz, allow_rejected=args.allow_rejected)
     except (NoUsableBackend, FileNotFoundError, ValueError) as exc:
         print(f"ripeye detect: {exc}", file=sys.stderr)
         return 2
@@ -78,7 +81,8 @@ def cmd_detect(args) -> int:
         dets = detector.detect(image, args.conf, args.iou)
         h, w = image.shape[:2]
         if args.json:
-            print(json.dumps({"image": str(path), "width": w, "height": h,
+            print(json.dumps({"image": str(path), "width": w, "height": h, "backend": detector.backend,
+                              "precision": detector.runtime.precision,
                               "detections": [d.to_json(w, h) for d in dets]}), flush=True)
         else:
             counts: dict[str, int] = {}
@@ -114,7 +118,10 @@ def cmd_demo(args) -> int:
             print(f"ripeye demo: no broker on localhost:{args.port} and mosquitto is not installed "
                   "(./install.sh --dev installs it)", file=sys.stderr)
             return 2
-        broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: Ctrl-C signals the terminal's whole process group, and a broker stopped along with the
+        # daemon would be gone before the daemon says goodbye ("lost the broker"). We stop it after the daemon.
+        broker = subprocess.Popen([exe, "-p", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
         for _ in range(50):
             if _port_open("127.0.0.1", args.port):
                 break
@@ -126,10 +133,16 @@ def cmd_demo(args) -> int:
     print(f"ripeye demo: watch with `.venv/bin/ripeye watch --port {args.port}` "
           f"(or mosquitto_sub -p {args.port} -t 'ripeye/#' -v); Ctrl-C stops", file=sys.stderr)
     try:
-        return Daemon(cfg).run_forever()
+        status = Daemon(cfg).run_forever()
     finally:
         if broker:
             broker.terminate()
+            try:
+                broker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+    print(f"ripeye demo: stopped{' (and the broker it started)' if broker else ''}", file=sys.stderr, flush=True)
+    return status
 
 
 def cmd_watch(args) -> int:
@@ -269,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--threads", type=int, default=0)
     det.add_argument("--imgsz", type=int, default=0, help="input-size variant of the model folder (default: its own)")
     det.add_argument("--json", action="store_true", help="one JSON line per image")
+    det.add_argument("--allow-rejected", action="store_true",
+                     help="load an artifact given by path even though the accuracy gate rejected it (warns)")
     det.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     det.set_defaults(func=cmd_detect)
 

@@ -11,6 +11,7 @@ import yaml
 
 from daemon import config as config_mod
 from daemon.config import ConfigError
+from daemon.durable import write_durably
 
 if TYPE_CHECKING:
     from daemon.pipeline import Daemon
@@ -98,11 +99,8 @@ class Commands:
         persist = bool(req.get("persist", False))
         if persist:
             file = config_mod.overrides_file(new)
-            file.parent.mkdir(parents=True, exist_ok=True)
             old = yaml.safe_load(file.read_text()) if file.is_file() else {}
-            tmp = file.with_suffix(".tmp")
-            tmp.write_text(yaml.safe_dump(config_mod.merge_patch(old or {}, patch)))
-            tmp.replace(file)
+            write_durably(file, yaml.safe_dump(config_mod.merge_patch(old or {}, patch)))
         self.daemon.apply_config(new)
         return {"applied": patch, "persisted": persist}
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -39,6 +40,8 @@ class ModelConfig(Strict):
     imgsz: int = Field(0, ge=0, description="input-size variant of the model folder (sizes/<N>/); 0 = its own")
     alternatives: dict[str, str] = Field(default_factory=dict,
                                          description="named model paths the `model` MQTT command may switch to")
+    allow_rejected: bool = Field(False, description="load an artifact the accuracy gate rejected when model.path "
+                                                    "names it directly (logged loudly)")
 
 
 class RuntimeConfig(Strict):
@@ -159,6 +162,39 @@ class HttpConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
     jpeg_quality: int = Field(75, ge=10, le=100)
+    token_file: Optional[str] = Field(None, description="file holding the access token; when set, every endpoint "
+                                                        "but /healthz needs it (Bearer, or basic auth password)")
+    allow_unauthenticated: bool = Field(False, description="serve without a token beyond loopback (explicit)")
+
+    @model_validator(mode="after")
+    def _credential_beyond_loopback(self):
+        if self.enabled and not self.token_file and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(f"http.host {self.host!r} is reachable from other machines and the live view shows the "
+                             "camera: set http.token_file (a file holding an access token) or, to serve it open "
+                             "anyway, http.allow_unauthenticated: true")
+        return self
+
+    def token(self) -> Optional[str]:
+        """The access token from token_file (never stored in the config); OSError naming the file if unusable."""
+        if not self.token_file:
+            return None
+        path = Path(self.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OSError(f"http.token_file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise OSError(f"http.token_file {path} is empty")
+        return token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False
 
 
 class LogConfig(Strict):
@@ -193,6 +229,8 @@ class Config(Strict):
         for key in ("password_file", "password_env"):
             if data["mqtt"].get(key):
                 data["mqtt"][key] = "***"
+        if data["http"].get("token_file"):
+            data["http"]["token_file"] = "***"
         return data
 
 
@@ -228,6 +266,8 @@ def read_yaml(path: Path) -> dict:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text (byte {exc.start})")]) from None
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -264,14 +304,36 @@ def overrides_file(cfg: Config) -> Path:
     return Path(cfg.state_dir).expanduser() / "overrides.yaml"
 
 
-def load_with_overrides(path: Optional[str | Path]) -> Config:
-    """The YAML file plus persisted `set` overrides from the state dir (the user's YAML is never rewritten)."""
+def load_with_overrides(path: Optional[str | Path], set_aside: Optional[list[str]] = None) -> Config:
+    """The YAML file plus persisted `set` overrides from the state dir (the user's YAML is never rewritten).
+
+    With `set_aside` (a list, at daemon start) an overrides file that does not parse or validate is the daemon's own
+    state gone bad (a power cut mid-write on an older version, a disk error): it is moved to
+    `overrides.yaml.bad-<time>`, the reason appended to the list, and the user's config alone is used; without it,
+    the ConfigError is raised as before.
+    """
     base = load(path)
     file = overrides_file(base)
+    if set_aside is not None:
+        from daemon.durable import remove_leftovers
+
+        remove_leftovers(file)
     if not file.is_file():
         return base
-    patch = read_yaml(file)
-    return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
+    try:
+        patch = read_yaml(file)
+        if not isinstance(patch, dict) or not patch:  # the daemon never writes an empty file: a torn write
+            raise ConfigError(str(file), [("", f"top level must be a non-empty mapping, not {patch!r:.40}")])
+        return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
+    except ConfigError as exc:
+        if set_aside is None:
+            raise
+        from daemon.durable import set_aside as move_aside
+
+        moved = move_aside(file)
+        set_aside.append(f"persisted overrides unusable, moved to {moved}; running on {path or 'the defaults'} "
+                         f"alone: {exc}")
+        return base
 
 
 def merge_patch(target: dict, patch: dict) -> dict:

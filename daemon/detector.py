@@ -90,12 +90,12 @@ def backend_chain(requested: str, profile: Optional[HardwareProfile] = None,
 
 def load_detector(model_path: str | Path, backend: str = "auto", precision: str = "auto",
                   options: Optional[RuntimeOptions] = None, profile: Optional[HardwareProfile] = None,
-                  imgsz: int = 0) -> Detector:
+                  imgsz: int = 0, allow_rejected: bool = False) -> Detector:
     """Load the best artifact on the first backend that works, logging each failure and falling back.
 
     `imgsz` picks the model folder's input-size variant (0: the folder's own size)."""
     options = options or RuntimeOptions()
-    bundle = load_bundle(select_size(model_path, imgsz))
+    bundle = load_bundle(select_size(model_path, imgsz), allow_rejected)
     options.extra.setdefault("model_hash", bundle.version)
     chain, why = backend_chain(backend, profile, Path(options.cache_dir).expanduser(), bundle)
     measured_precision = None

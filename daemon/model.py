@@ -71,12 +71,46 @@ def _kind_for_file(path: Path) -> Optional[str]:
     return {".xml": "openvino", ".param": "ncnn", ".onnx": "onnx"}.get(path.suffix)
 
 
-def load_bundle(path: str | Path) -> ModelBundle:
-    """Read a model folder (metadata.json, optional manifest.json) or a single artifact file."""
+class RejectedArtifact(ValueError):
+    """The artifact given by path failed the accuracy gate of `ripeye optimize` (manifest.json says why)."""
+
+
+def find_model_root(artifact: Path, levels: int = 3) -> Path:
+    """The model folder an artifact file belongs to: the nearest folder up whose manifest.json lists the file (or
+    the file's own folder when it holds metadata.json, or nothing else matches)."""
+    artifact = artifact.resolve()
+    for folder in list(artifact.parents)[:levels + 1]:
+        manifest_file = folder / MANIFEST
+        if manifest_file.is_file():
+            try:
+                entries = json.loads(manifest_file.read_text()).get("artifacts", [])
+            except (ValueError, AttributeError):
+                entries = []
+            listed = {(folder / f).resolve() for e in entries if isinstance(e, dict) for f in e.get("files", [])[:1]}
+            if artifact in listed or (artifact == (folder / "model.onnx").resolve()
+                                      and (folder / METADATA).is_file()):
+                return folder
+        if folder == artifact.parent and (folder / METADATA).is_file():
+            return folder
+    return artifact.parent
+
+
+def _refuse_rejected(path: Path, entry: dict, allow_rejected: bool) -> None:
+    reason = entry.get("note") or entry.get("failed") or "rejected by the accuracy gate"
+    if not allow_rejected:
+        raise RejectedArtifact(f"{path} was rejected by `ripeye optimize` ({reason}); use an accepted artifact, or "
+                               "--allow-rejected / model.allow_rejected: true to load it anyway")
+    log.warning("LOADING A REJECTED ARTIFACT %s (%s): its accuracy is below the gate; allowed explicitly", path,
+                reason)
+
+
+def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
+    """Read a model folder (metadata.json, optional manifest.json) or a single artifact file; an artifact's model
+    folder is found by walking up, and a lone artifact describes itself (see artifact_info)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model path not found: {path}")
-    root = path if path.is_dir() else path.parent
+    root = path if path.is_dir() else find_model_root(path)
     meta_file = root / METADATA
     metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     artifacts: list[Artifact] = []
@@ -101,18 +135,26 @@ def load_bundle(path: str | Path) -> ModelBundle:
         kind = _kind_for_file(path)
         if kind is None:
             raise ValueError(f"unsupported model file type: {path} (use .onnx, .xml or .param)")
-        entry = next((e for e in manifest.get("artifacts", []) if root / e["files"][0] == path), None)
-        precision = entry["precision"] if entry else "fp32"
-        if entry and entry.get("runtime") == "onnxruntime":
+        entry = next((e for e in manifest.get("artifacts", []) if e.get("files")
+                      and (root / e["files"][0]).resolve() == path.resolve() and e.get("runtime") != "tensorrt"), None)
+        from daemon import artifact_info
+
+        embedded = artifact_info.read(path) if not metadata else {}
+        precision = entry["precision"] if entry else embedded.get("precision", "fp32")
+        if (entry and entry.get("runtime") == "onnxruntime") or (not entry and artifact_info.lone_kind(embedded)
+                                                                  == "onnxruntime" and kind == "onnx"):
             kind = "onnxruntime"
-        accepted = bool(entry.get("accepted", True)) if entry else True
-        artifacts.append(Artifact(kind, precision, path, accepted))
-        if kind == "onnx":  # an ONNX file is also what the ORT/TensorRT backends load
-            pass
+        if entry and not entry.get("accepted", True):
+            _refuse_rejected(path, entry, allow_rejected)
+        artifacts.append(Artifact(kind, precision, path, True, entry.get("sha256", "") if entry else ""))
+        if not metadata and embedded:
+            metadata = {"name": embedded.get("name") or path.stem, "class_names": embedded.get("class_names", []),
+                        "input_size": embedded.get("input_size"),
+                        "sources": {"model.onnx": embedded.get("source_onnx_sha256", "")}}
     names = metadata.get("class_names") or []
     size = tuple(metadata.get("input_size") or (640, 640))
     source = root / "model.onnx"
-    version = metadata.get("sources", {}).get("model.onnx", "")[:12] or (
+    version = (metadata.get("sources") or {}).get("model.onnx", "")[:12] or (
         file_hash(source) if source.is_file() else file_hash(artifacts[0].path) if artifacts[0].path.is_file() else "")
     return ModelBundle(root=root, name=metadata.get("name", root.name if path.is_dir() else path.stem),
                        class_names=list(names), input_size=(int(size[0]), int(size[1])), version=version,

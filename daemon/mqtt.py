@@ -114,6 +114,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
+        self.connected.clear()  # a disconnect we asked for is not "lost the broker"
         self.client.disconnect()
         self.client.loop_stop()
 

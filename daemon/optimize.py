@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from daemon import vision
+from daemon import artifact_info, vision
+from daemon.durable import write_durably
 from daemon.model import MANIFEST, METADATA, SIZES_DIR, file_hash, load_bundle, size_variants
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def tensorrt_options(out: Path, onnx_rel: str, int8_rel: Optional[str]) -> Step:
         pass
     dest = out / "tensorrt" / "provider_options.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"fp16_source": onnx_rel, "int8_source": int8_rel, "options": opts}, indent=2))
+    write_durably(dest, json.dumps({"fp16_source": onnx_rel, "int8_source": int8_rel, "options": opts}, indent=2))
     return Step("tensorrt", "fp16", [onnx_rel], note="engine built and cached on the device at first run")
 
 
@@ -334,7 +335,7 @@ def optimize(args) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_onnx": {"file": "model.onnx", "sha256": sha256_file(source)},
         "calibration": {"images": len(calib_files), "list_sha256": calib_hash},
-        "accuracy_gate": {"max_drop_points": args.max_drop, "data": str(data) if data else None,
+        "accuracy_gate": {"max_drop_points": args.max_drop, "data": dataset_reference(data) if data else None,
                           "fp32_reference": metrics_fp32},
         "tools": tool_versions(),
         "artifacts": [],
@@ -352,8 +353,17 @@ def optimize(args) -> dict:
         if s.attempts:
             entry["attempts"] = s.attempts
         manifest["artifacts"].append(entry)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    write_durably(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    # every ONNX/OpenVINO artifact names its classes, input size and source even when copied out alone
+    return artifact_info.stamp_bundle(out)
+
+
+def dataset_reference(annotations: Path) -> dict:
+    """Which annotations the gate used, without this machine's path: dataset folder name, file in it, content hash."""
+    annotations = Path(annotations).resolve()
+    dataset = annotations.parent.parent if annotations.parent.name == "annotations" else annotations.parent
+    return {"dataset": dataset.name, "file": str(annotations.relative_to(dataset)),
+            "sha256": sha256_file(annotations)}
 
 
 # ---- input-size variants --------------------------------------------------------------------------------------------
@@ -403,7 +413,7 @@ def derive_size_variant(root: Path, size: int) -> Path:
     meta["variant_of"] = {"folder": "../..", "input_size": meta.get("input_size")}
     meta["input_size"] = [size, size]
     meta["sources"] = {"model.onnx": sha256_file(onnx_path)}
-    (folder / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    write_durably(folder / METADATA, json.dumps(meta, indent=2) + "\n")
     if (root / "calibration.txt").is_file():
         shutil.copy(root / "calibration.txt", folder / "calibration.txt")
     return folder
@@ -451,9 +461,20 @@ def add_arguments(p) -> None:
     p.add_argument("--imgsz", default=None,
                    help="input sizes, e.g. 320,416,512,640: derive every artifact per size into <model>/sizes/<N>/ "
                         "(the ONNX of a new size is exported from model.pt: needs the train extra)")
+    p.add_argument("--stamp-only", action="store_true",
+                   help="only embed class names, input size and source hash into the existing ONNX/OpenVINO "
+                        "artifacts (no re-quantizing) and refresh their hashes in manifest.json")
 
 
 def main(args) -> int:
+    if args.stamp_only:
+        folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+        folders = [folder] + [size_variants(folder)[n] for n in parse_sizes(args.imgsz)] if args.imgsz else [folder]
+        for each in dict.fromkeys(folders):
+            artifact_info.stamp_bundle(each)
+            print(f"stamped class names, input size and source hash into the artifacts of {each}; "
+                  f"{MANIFEST} hashes refreshed")
+        return 0
     try:
         manifests = optimize_sizes(args) if args.imgsz else {0: optimize(args)}
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -97,12 +97,14 @@ class Daemon:
         self.metrics = Metrics()
         self.web = None
         self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
+        self.state_problems: list[str] = []  # own state files found bad and set aside before start
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.cfg.mqtt.enabled:
             self.link = self._make_link(self.cfg)
             self.link.start()
+        self._report_state_problems()
         threading.Thread(target=lambda: setattr(self, "harvest", self._make_harvest(self.cfg)), name="tracking-init",
                          daemon=True).start()
         self._load_detector()
@@ -113,6 +115,14 @@ class Daemon:
         if self.cfg.http.enabled:
             self._start_web()
         self._spawn(self._housekeeping_loop, "housekeeping")
+
+    def _report_state_problems(self) -> None:
+        """State files (persisted overrides, the tune cache) that did not read are set aside; say so on `errors`."""
+        from daemon import tune
+
+        problem = tune.check_cache(Path(self.cfg.runtime.cache_dir))
+        for message in [*self.state_problems, *([problem] if problem else [])]:
+            self.report_error("state", message)
 
     def _make_link(self, cfg: Config) -> MqttLink:
         link = MqttLink(cfg.mqtt, cfg.device_id, on_message=self._on_message, on_connected=self._on_connected)
@@ -163,7 +173,7 @@ class Daemon:
             self.web.start()
         except OSError as exc:  # port taken: the daemon still runs, the live view does not
             self.report_error("http", f"cannot serve on {self.cfg.http.host}:{self.cfg.http.port}: {exc}",
-                              key="http.port")
+                              key="http.token_file" if "http.token_file" in str(exc) else "http.port")
             self.web = None
 
     def refresh_metrics(self) -> None:
@@ -191,13 +201,17 @@ class Daemon:
 
     def _load_detector(self) -> bool:
         cfg = self.cfg
+        options = runtime_options(cfg)
         try:
-            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg),
-                                     imgsz=cfg.model.imgsz)
+            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
+                                     imgsz=cfg.model.imgsz, allow_rejected=cfg.model.allow_rejected)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             key = "model.imgsz" if isinstance(exc, SizeNotFound) else "model.path"
             self.report_error("model", f"{cfg.model.path}: {exc}", key=key)
             return False
+        finally:
+            for message in options.extra.pop("state_problems", []):  # engine caches set aside while loading
+                self.report_error("state", message)
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
         with self.detector_lock:

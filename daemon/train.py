@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from daemon.durable import write_durably
+
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
 
@@ -205,6 +207,12 @@ def export(args) -> Path:
 
     strip_optimizer(str(out / "model.pt"))  # ship weights only (FP16 state dict is Ultralytics' own format)
     names = [model.names[i] for i in sorted(model.names)]
+    from daemon import artifact_info
+
+    # the source names itself too (before it is hashed: its hash is the model version, so it carries no hash)
+    artifact_info.stamp(out / "model.onnx", artifact_info.describe(
+        {"name": out.name, "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "", "onnx",
+        "fp32"))
     train_args = dict(model.ckpt.get("train_args", {})) if getattr(model, "ckpt", None) else {}
     calib = (out / "calibration.txt")
     meta = {
@@ -220,7 +228,7 @@ def export(args) -> Path:
         "stride": int(max(model.model.stride)),
         "output_layout": "1x(4+nc)xN, boxes cx,cy,w,h in input pixels, class scores sigmoid-ed",
         "training": {
-            "data": str(Path(args.data)),
+            "dataset": dataset_fingerprint(Path(args.data)),
             "class_map": parse_class_map(args.class_map),
             "settings": {k: train_args.get(k) for k in ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0",
                                                        "mosaic", "close_mosaic", "hsv_h", "fliplr")},
@@ -229,9 +237,20 @@ def export(args) -> Path:
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
         "calibration_list": calib.name if calib.exists() else None,
     }
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_durably(out / "metadata.json", json.dumps(meta, indent=2) + "\n")
     print(f"exported {out / 'model.onnx'}")
     return out / "model.onnx"
+
+
+def dataset_fingerprint(root: Path) -> dict:
+    """The training data by name and content, not by this machine's path: sha256 over every file's relative path
+    and sha256, in path order (the same on any machine holding the same files)."""
+    root = Path(root).resolve()
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{sha256(p)}\n".encode())
+    return {"name": root.name, "files": len(files), "sha256": h.hexdigest()}
 
 
 def _annotations_hash(root: Path, split: str) -> str | None:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from daemon.durable import write_durably
+
 log = logging.getLogger(__name__)
 
 
@@ -29,13 +31,46 @@ def cache_key(bundle) -> str:
     return f"{bundle.version}|{hardware_key()}"
 
 
+def read_cache(path: Path) -> dict:
+    """The tune cache as {key: winner}; ValueError when the file does not parse or has the wrong shape."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError("expected a non-empty JSON object {model|hardware: winner}")
+    for key, winner in data.items():
+        if not (isinstance(winner, dict) and isinstance(winner.get("backend"), str)
+                and isinstance(winner.get("precision"), str)
+                and isinstance(winner.get("median_ms"), (int, float))):
+            raise ValueError(f"entry {key!r} lacks backend/precision/median_ms")
+    return data
+
+
+def check_cache(cache_dir: Path) -> Optional[str]:
+    """At daemon start: set a tune cache that does not read aside (then `measured` falls back to `auto`)."""
+    path = cache_file(cache_dir)
+    from daemon.durable import remove_leftovers, set_aside
+
+    remove_leftovers(path)
+    if not path.is_file():
+        return None
+    try:
+        read_cache(path)
+    except (OSError, ValueError) as exc:
+        moved = set_aside(path)
+        return f"tune cache {path} unusable ({exc}), moved to {moved}; run `ripeye tune` again"
+    return None
+
+
 def cached_winner(cache_dir: Path, bundle) -> Optional[dict]:
     path = cache_file(cache_dir)
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = read_cache(path)
+    except (OSError, ValueError) as exc:
+        log.warning("tune cache %s unusable (%s): backend `measured` falls back to `auto`", path, exc)
         return None
     return data.get(cache_key(bundle))
 
@@ -105,11 +140,14 @@ def main(args) -> int:
     winner = min(ok, key=lambda r: r["median_ms"])
     bundle = load_bundle(model)
     path = cache_file(Path(cfg.runtime.cache_dir))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        data = read_cache(path) if path.is_file() else {}
+    except ValueError as exc:
+        log.warning("tune cache %s unusable (%s): starting a new one", path, exc)
+        data = {}
     data[cache_key(bundle)] = {**winner, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "all": ok}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_durably(path, json.dumps(data, indent=2) + "\n")
     print(f"winner: {winner['backend']} {winner['precision']} ({winner['median_ms']} ms); cached in {path}; "
           "`runtime.backend: measured` uses it")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
 import threading
@@ -83,9 +85,31 @@ class LiveView:
                 self.cond.notify_all()
 
 
+def token_offered(authorization: str) -> str:
+    """The token in an Authorization header: `Bearer <token>`, or basic auth whose password is the token (so a
+    browser's login prompt works; the user name is ignored)."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
+
+
 def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
     class Handler(BaseHTTPRequestHandler):
         server_version = "ripeye"
+        token: Optional[str] = None  # set by WebServer from http.token_file
+
+        def _authorized(self, path: str) -> bool:
+            # /healthz stays open: probes (systemd, a monitoring box) need no secret, and it shows only liveness
+            if self.token is None or path == "/healthz":
+                return True
+            offered = token_offered(self.headers.get("Authorization", ""))
+            return hmac.compare_digest(offered.encode(), self.token.encode())
 
         def log_message(self, fmt, *args):  # route to our logger, quietly
             log.debug("http %s - %s", self.address_string(), fmt % args)
@@ -100,6 +124,14 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
+            if not self._authorized(path):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="ripeye", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "13")
+                self.end_headers()
+                self.wfile.write(b"unauthorized\n")
+                return
             if path == "/":
                 self._send(200, PAGE.format(device=daemon.cfg.device_id).encode(), "text/html; charset=utf-8")
             elif path == "/metrics":
@@ -148,7 +180,9 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
 class WebServer:
     def __init__(self, daemon: Daemon, cfg: HttpConfig, metrics: Metrics):
         self.live = LiveView(cfg)
-        self.server = ThreadingHTTPServer((cfg.host, cfg.port), make_handler(daemon, self.live, metrics))
+        handler = make_handler(daemon, self.live, metrics)
+        handler.token = cfg.token()
+        self.server = ThreadingHTTPServer((cfg.host, cfg.port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 

@@ -102,6 +102,14 @@ def test_optimize_openvino_and_ncnn_on_the_shipped_model(tmp_path, model_dir, da
     for backend, precision in (("openvino", "int8"), ("ncnn", "fp16")):
         det = load_detector(out, backend, precision)
         assert det.backend == backend and det.runtime.precision == precision
+    from daemon import artifact_info
+    from daemon.model import file_hash
+
+    for key in (("openvino", "fp32"), ("openvino", "int8")):  # stamped, and the manifest hashes the stamped file
+        info = artifact_info.read(out / arts[key]["files"][0])
+        assert info["class_names"] == ["ripe", "half_ripe", "unripe"] and info["precision"] == key[1]
+        assert info["source_onnx_sha256"] == manifest["source_onnx"]["sha256"]
+        assert file_hash(out / arts[key]["files"][0], 64) == arts[key]["sha256"]
 
 
 def test_rejected_artifact_is_never_loaded(tmp_path, model_dir):

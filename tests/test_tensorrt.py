@@ -7,6 +7,8 @@ timing cache files appear under the cache dir after the first run, and the secon
 
 from pathlib import Path
 
+import pytest
+
 from daemon.runtimes import tensorrt_rt
 from daemon.runtimes.base import RuntimeOptions
 
@@ -36,3 +38,33 @@ def test_chain_is_tensorrt_then_cuda_then_cpu(monkeypatch, tmp_path):
 def test_chain_without_gpu_is_cpu_only(monkeypatch):
     monkeypatch.setattr(tensorrt_rt.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert tensorrt_rt.provider_chain(RuntimeOptions(), "fp32") == ["CPUExecutionProvider"]
+
+
+def test_torn_engine_cache_is_set_aside_and_rebuilt(monkeypatch, tmp_path, model_dir):
+    """Fake TensorRT provider (no GPU here): a session whose engine cache holds a torn engine fails to load, as
+    ORT's TensorRT provider does when it cannot deserialize it; the real CPU session is used otherwise."""
+    from daemon.runtimes.base import ArtifactError
+
+    real_session = tensorrt_rt.ort.InferenceSession
+
+    def fake_session(path, so, providers):
+        trt = dict(p for p in providers if isinstance(p, tuple)).get("TensorrtExecutionProvider")
+        if trt and any(f.read_bytes() == b"torn" for f in Path(trt["trt_engine_cache_path"]).glob("*")):
+            raise RuntimeError("TensorRT EP could not deserialize engine from cache")
+        return real_session(path, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(tensorrt_rt.ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(tensorrt_rt.ort, "InferenceSession", fake_session)
+    options = RuntimeOptions(cache_dir=tmp_path, extra={"model_hash": "abc"})
+    cache = tmp_path / "tensorrt" / "abc"
+    cache.mkdir(parents=True)
+    (cache / "model.engine").write_bytes(b"torn")
+    rt = tensorrt_rt.TensorRtRuntime(model_dir / "model.onnx", options, "fp32")
+    assert rt.session is not None
+    (moved,) = (tmp_path / "tensorrt").glob("abc.bad-*")
+    assert (moved / "model.engine").read_bytes() == b"torn" and "moved to" in options.extra["state_problems"][0]
+    (cache / "model.engine").write_bytes(b"torn")  # a model that still fails after the rebuild is not hidden
+    monkeypatch.setattr(tensorrt_rt.ort, "InferenceSession", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(ArtifactError):
+        tensorrt_rt.TensorRtRuntime(model_dir / "model.onnx", options, "fp32")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from daemon.runtimes.base import RuntimeOptions, RuntimeUnavailable
+from daemon.durable import set_aside
+from daemon.runtimes.base import ArtifactError, RuntimeOptions, RuntimeUnavailable
 from daemon.runtimes.onnxruntime_rt import OnnxRuntime, ort
+
+log = logging.getLogger(__name__)
 
 
 def check_available() -> None:
@@ -50,6 +54,23 @@ def provider_chain(options: RuntimeOptions, precision: str, model_hash: str = ""
 class TensorRtRuntime(OnnxRuntime):
     name = "tensorrt"
     formats = ("onnxruntime", "onnx")
+
+    def __init__(self, artifact, options: RuntimeOptions, precision: str):
+        try:
+            super().__init__(artifact, options, precision)
+        except ArtifactError as exc:
+            # An engine or timing cache torn by a power cut fails deserialization on every start: set the cache
+            # aside (kept for a post-mortem, reported through options.extra["state_problems"]) and rebuild once.
+            cache = Path(tensorrt_provider_options(options, precision, options.extra.get("model_hash", ""))[
+                "trt_engine_cache_path"])
+            if "TensorrtExecutionProvider" not in ort.get_available_providers() or not cache.is_dir() \
+                    or not any(cache.iterdir()):
+                raise
+            moved = set_aside(cache)
+            message = f"TensorRT engine cache {cache} unusable ({exc}), moved to {moved}; rebuilding the engine"
+            log.error("%s", message)
+            options.extra.setdefault("state_problems", []).append(message)
+            super().__init__(artifact, options, precision)
 
     def providers(self) -> list:
         return provider_chain(self.options, self.precision, self.options.extra.get("model_hash", ""))
