@@ -95,6 +95,10 @@ def test_optimize_imgsz_derives_artifacts_into_the_size_folder(model_dir, tmp_pa
     bundle = load_bundle(select_size(folder, 320))
     assert bundle.input_size == (320, 320)
     assert {(a.kind, a.precision) for a in bundle.artifacts if a.kind == "ncnn"} == {("ncnn", "fp32"), ("ncnn", "fp16")}
+    # re-deriving another target keeps the entries already there for the same source ONNX
+    optimize.optimize(Namespace(**{**vars(args), "model": str(folder / "sizes" / "320"), "targets": "tensorrt"}))
+    runtimes = [e["runtime"] for e in json.loads((folder / "sizes" / "320" / "manifest.json").read_text())["artifacts"]]
+    assert runtimes == ["ncnn", "ncnn", "tensorrt"]
 
 
 def test_bench_rows_per_size(tmp_path, model_dir):
