@@ -1,0 +1,207 @@
+"""3D positions from depth: robust depth in a box, pixel deprojection, camera→arm rigid transform fit, Locate step."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+# Distortion models as librealsense names them (rs2_distortion); only these reach the colour stream of a D4xx.
+PINHOLE_MODELS = {"none", "brown_conrady", "inverse_brown_conrady"}
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """A stream's pinhole intrinsics in pixels, with librealsense's distortion model name and 5 coefficients."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    ppx: float
+    ppy: float
+    model: str = "none"
+    coeffs: tuple = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass
+class DepthMap:
+    """A depth image aligned to its colour frame: raw units (0 = no depth) × units_mm gives millimetres."""
+
+    depth: np.ndarray  # H×W, uint16 as the camera sends it
+    units_mm: float
+    intrinsics: Intrinsics
+    meta: dict = field(default_factory=dict)  # e.g. the camera's own frame number, for pairing checks
+
+
+def box_depth_mm(depth: DepthMap, box: Sequence[float], central: float = 0.5, min_valid: float = 0.25,
+                 min_mm: float = 100.0, max_mm: float = 10000.0) -> Optional[float]:
+    """Median depth (mm) of the valid pixels in the box's central region; None when too few are valid.
+
+    The central `central` fraction of width and height keeps leaves and background at the box edges out; zeros
+    (holes) and values outside [min_mm, max_mm] are not depths. A region with under `min_valid` of its pixels valid
+    gives None rather than a guess: a hole-riddled fruit must not be sent to the arm at 0 mm.
+    """
+    h, w = depth.depth.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * central / 2, (y2 - y1) * central / 2
+    c0, c1 = max(0, int(np.floor(cx - hw))), min(w, int(np.ceil(cx + hw)))
+    r0, r1 = max(0, int(np.floor(cy - hh))), min(h, int(np.ceil(cy + hh)))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    patch = depth.depth[r0:r1, c0:c1].astype(np.float32) * np.float32(depth.units_mm)
+    valid = patch[(patch >= min_mm) & (patch <= max_mm)]
+    if valid.size == 0 or valid.size < min_valid * patch.size:
+        return None
+    return float(np.median(valid))
+
+
+def undistort_pixel(intr: Intrinsics, u: float, v: float) -> tuple[float, float]:
+    """Pixel → normalised image coordinates (x/z, y/z), as librealsense's rs2_deproject_pixel_to_point does."""
+    x, y = (u - intr.ppx) / intr.fx, (v - intr.ppy) / intr.fy
+    k1, k2, p1, p2, k3 = (tuple(intr.coeffs) + (0.0,) * 5)[:5]
+    if intr.model == "none" or not any((k1, k2, p1, p2, k3)):
+        return x, y
+    if intr.model in ("inverse_brown_conrady", "brown_conrady"):
+        # librealsense (rsutil.h) inverts both by 10 fixed-point iterations; the same steps give the same point
+        x0, y0 = x, y
+        for _ in range(10):
+            r2 = x * x + y * y
+            icdist = 1.0 / (1 + ((k3 * r2 + k2) * r2 + k1) * r2)
+            xq, yq = (x / icdist, y / icdist) if intr.model == "inverse_brown_conrady" else (x, y)
+            dx = 2 * p1 * xq * yq + p2 * (r2 + 2 * xq * xq)
+            dy = 2 * p2 * xq * yq + p1 * (r2 + 2 * yq * yq)
+            x, y = (x0 - dx) * icdist, (y0 - dy) * icdist
+        return x, y
+    raise ValueError(f"distortion model {intr.model!r} is not supported (one of {sorted(PINHOLE_MODELS)})")
+
+
+def deproject(intr: Intrinsics, u: float, v: float, z_mm: float) -> tuple[float, float, float]:
+    """Pixel (u, v) at depth z (mm) → camera-frame point (x right, y down, z forward), mm."""
+    x, y = undistort_pixel(intr, u, v)
+    return (x * z_mm, y * z_mm, z_mm)
+
+
+def locate_box(depth: DepthMap, box: Sequence[float]) -> Optional[list[float]]:
+    """The camera-frame position (mm) of the thing in a box, or None without valid depth there."""
+    z = box_depth_mm(depth, box)
+    if z is None:
+        return None
+    x1, y1, x2, y2 = box
+    return [round(c, 1) for c in deproject(depth.intrinsics, (x1 + x2) / 2, (y1 + y2) / 2, z)]
+
+
+class DegenerateCalibration(ValueError):
+    """The point pairs cannot determine a rigid transform."""
+
+
+@dataclass(frozen=True)
+class RigidFit:
+    matrix: np.ndarray  # 4×4, row-major, mm: arm = matrix · [camera, 1]
+    rms_mm: float
+    max_mm: float
+
+
+def fit_rigid(camera: np.ndarray, arm: np.ndarray) -> RigidFit:
+    """Least-squares rotation + translation (no scale) taking camera points to arm points (Kabsch, numpy SVD).
+
+    Needs ≥ 3 pairs that are not collinear (nor coincident) in both frames; raises DegenerateCalibration otherwise.
+    """
+    camera, arm = np.asarray(camera, dtype=np.float64), np.asarray(arm, dtype=np.float64)
+    if camera.ndim != 2 or camera.shape[1:] != (3,) or arm.shape != camera.shape:
+        raise DegenerateCalibration(f"need pairs of 3D points, got shapes {camera.shape} and {arm.shape}")
+    if len(camera) < 3:
+        raise DegenerateCalibration(f"need at least 3 point pairs, got {len(camera)}")
+    if not (np.isfinite(camera).all() and np.isfinite(arm).all()):
+        raise DegenerateCalibration("point coordinates must be finite numbers")
+    for name, pts in (("camera", camera), ("arm", arm)):
+        centred = pts - pts.mean(axis=0)
+        s = np.linalg.svd(centred, compute_uv=False)
+        # the second singular value measures spread off the best line: tiny means collinear
+        if s[0] < 1.0 or s[1] < 1e-3 * max(s[0], 1.0) or s[1] < 1.0:
+            raise DegenerateCalibration(f"the {name} points are collinear or coincident: a rotation about their "
+                                        "line cannot be told; use ≥ 3 points spread over a plane or volume")
+    c_mean, a_mean = camera.mean(axis=0), arm.mean(axis=0)
+    h = (camera - c_mean).T @ (arm - a_mean)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0  # a reflection is not a rigid motion
+    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = rotation, a_mean - rotation @ c_mean
+    residual = np.linalg.norm(apply_transform(matrix, camera) - arm, axis=1)
+    return RigidFit(matrix, float(np.sqrt((residual ** 2).mean())), float(residual.max()))
+
+
+def apply_transform(matrix: np.ndarray, points) -> np.ndarray:
+    """4×4 homogeneous transform applied to one point (3,) or many (N×3)."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def check_transform(rows) -> np.ndarray:
+    """A 4×4 row-major camera→arm matrix from config; its top-left 3×3 must be a rotation, last row 0 0 0 1."""
+    m = np.asarray(rows, dtype=np.float64)
+    if m.shape != (4, 4):
+        raise ValueError(f"must be a 4×4 matrix (row-major), got shape {m.shape}")
+    if not np.allclose(m[3], [0, 0, 0, 1], atol=1e-9):
+        raise ValueError("last row must be [0, 0, 0, 1]")
+    r = m[:3, :3]
+    if not np.allclose(r @ r.T, np.eye(3), atol=1e-3) or np.linalg.det(r) < 0:
+        raise ValueError("top-left 3×3 must be a rotation (orthonormal, determinant +1): mm in, mm out, no scale")
+    return m
+
+
+class Locate:
+    """Pipeline step: each detection's camera-frame position (`xyz_mm`) and, for targets, the arm's (`arm_xyz`).
+
+    One call per frame with the frame's depth (None: a source without depth, and nothing is added) and the
+    candidate detections with their track ids. Target messages of a track not seen in this frame (a withdrawal)
+    carry the track's last known position.
+    """
+
+    def __init__(self, camera_to_arm: Optional[np.ndarray] = None, remember: int = 1000):
+        self.camera_to_arm = camera_to_arm
+        self.last_by_track: OrderedDict[int, Optional[list]] = OrderedDict()
+        self.remember = remember
+
+    def run(self, depth: Optional[DepthMap], boxes: Sequence[Sequence[float]],
+            track_ids: Optional[Sequence[Optional[int]]] = None) -> Optional[Located]:
+        if depth is None:
+            return None
+        xyz = [locate_box(depth, b) for b in boxes]
+        for tid, p in zip(track_ids or (), xyz):
+            if tid is not None:
+                self.last_by_track[tid] = p
+                self.last_by_track.move_to_end(tid)
+        while len(self.last_by_track) > self.remember:
+            self.last_by_track.popitem(last=False)
+        return Located(self, xyz)
+
+    def to_arm(self, xyz: Optional[Sequence[float]]) -> Optional[list[float]]:
+        if xyz is None or self.camera_to_arm is None:
+            return None
+        return [round(float(c), 1) for c in apply_transform(self.camera_to_arm, xyz)]
+
+
+@dataclass
+class Located:
+    """One frame's positions, in candidate order; writes them into the outgoing messages."""
+
+    step: Locate
+    xyz: list
+
+    def annotate(self, detections_json: list[dict], keep: Sequence[int], targets: list[dict]) -> None:
+        """`xyz_mm` on each published detection (`keep` = their candidate indices); `xyz_mm`/`arm_xyz` on targets."""
+        for body, i in zip(detections_json, keep):
+            body["xyz_mm"] = self.xyz[i]
+        for msg in targets:
+            tid = msg.get("track_id")
+            xyz = self.step.last_by_track.get(tid)
+            if msg.get("state") == "lost":
+                self.step.last_by_track.pop(tid, None)
+            msg["xyz_mm"] = xyz
+            if self.step.camera_to_arm is not None:
+                msg["arm_xyz"] = self.step.to_arm(xyz)
