@@ -139,9 +139,10 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
 
 
 def make(out: Path, photos: int = 2, frames_per_photo: int = 3, seed: int = 0, holes: bool = True,
-         data: Path = DATASET, cam: Camera = None) -> dict:
+         data: Path = DATASET, cam: Camera = None, stamp: bool = False) -> dict:
     """Write `out` (.db3) and `out` with .json (truth); return the truth. Background depth differs per frame
-    (1000 mm + 7 mm × frame number) so a depth map can be matched to its colour frame."""
+    (1000 mm + 7 mm × frame number). With `stamp`, the top-left 8×8 pixels carry the frame number n: grey level n
+    in colour and exactly STAMP_MM(n) in depth, so a depth map can be checked against the colour it came with."""
     cam = cam or Camera()
     frames, truth_frames = [], []
     for p, (photo, boxes) in enumerate(pick_photos(Path(data), photos)):
@@ -160,12 +161,20 @@ def make(out: Path, photos: int = 2, frames_per_photo: int = 3, seed: int = 0, h
             # the same scene each frame (same tomato depths), fresh noise and holes
             depth, tomatoes = synthetic_depth(boxes, z_front, cam, background, np.random.default_rng([seed, p, n]),
                                               holes_in)
+            if stamp:
+                image = image.copy()
+                image[:8, :8] = n
+                depth[:8, :8] = stamp_mm(n)
             frames.append((image, depth))
             truth_frames.append({"frame": n, "photo": photo.name, "background_mm": background, "tomatoes": tomatoes})
     write_recording(out, frames, cam)
     truth = {"camera": cam.__dict__, "frames": truth_frames}
     Path(out).with_suffix(".json").write_text(json.dumps(truth, indent=1))
     return truth
+
+
+def stamp_mm(n: int) -> int:
+    return 2000 + 10 * n
 
 
 def _overlap(a, b) -> bool:
