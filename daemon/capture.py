@@ -203,6 +203,8 @@ class RealSenseSource(Source):
         self.intrinsics: Optional[Intrinsics] = None
         self.units_mm = 1.0
         self.depth: Optional[DepthMap] = None
+        self.playback = None
+        self.stopped_status = None
 
     def open(self) -> None:
         try:
@@ -225,7 +227,9 @@ class RealSenseSource(Source):
         try:
             profile = pipeline.start(cfg)
             if self.path is not None:
-                profile.get_device().as_playback().set_real_time(False)
+                self.playback = profile.get_device().as_playback()
+                self.playback.set_real_time(False)
+                self.stopped_status = rs.playback_status.stopped
             color = profile.get_stream(rs.stream.color).as_video_stream_profile()
             depth_sensor = profile.get_device().first_depth_sensor()
             self.units_mm = float(depth_sensor.get_depth_scale()) * 1000.0
@@ -245,10 +249,7 @@ class RealSenseSource(Source):
     def read(self) -> np.ndarray:
         if self.pipeline is None:
             raise SourceError(f"{self.description} is not open")
-        # a recording that ended shows as a timeout: keep that short; a live camera gets its usual 5 s
-        ok, frames = self.pipeline.try_wait_for_frames(1000 if self.finite else 5000)
-        if not ok:
-            raise SourceError(f"end of recording or no frames from {self.description}")
+        frames = self._next_frames()
         frames = self.align.process(frames)
         color, depth = frames.get_color_frame(), frames.get_depth_frame()
         if not color or not depth:
@@ -257,6 +258,24 @@ class RealSenseSource(Source):
         self.depth = DepthMap(np.asanyarray(depth.get_data()).copy(), self.units_mm, self.intrinsics,
                               {"frame_number": int(color.get_frame_number())})
         return image
+
+    def _next_frames(self):
+        """The next frameset; a recording's end is its playback stopping (short polls: looping stays cheap)."""
+        if not self.finite:
+            ok, frames = self.pipeline.try_wait_for_frames(5000)
+            if not ok:
+                raise SourceError(f"no frames from {self.description} for 5 s")
+            return frames
+        deadline = time.monotonic() + 5.0
+        while True:
+            stopped = self.playback.current_status() == self.stopped_status  # read before polling: no race
+            ok, frames = self.pipeline.try_wait_for_frames(50)
+            if ok:
+                return frames
+            if stopped:
+                raise SourceError(f"end of recording {self.path}")
+            if time.monotonic() > deadline:
+                raise SourceError(f"no frames from {self.description} for 5 s")
 
     def take_depth(self) -> Optional[DepthMap]:
         depth, self.depth = self.depth, None

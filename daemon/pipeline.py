@@ -285,7 +285,8 @@ class Daemon:
         if harvest:
             track_ids = [all_ids[i] for i in keep]
         # 3D (issue 11): positions from the frame's depth; None (nothing added) for a source without depth
-        located = self.locate.run(r.frame.depth, [d.box for d in candidates], all_ids if harvest else None)
+        located = self.locate.run(r.frame.depth, [d.box if d.confidence >= cfg.detect.confidence else None
+                                                  for d in candidates], all_ids if harvest else None)
         t1 = time.perf_counter()
         latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
                    "postprocess": (t1 - t0) * 1000}

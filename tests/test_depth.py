@@ -114,3 +114,11 @@ def test_locate_adds_positions_and_arm_coordinates_to_messages():
     assert lost[0]["xyz_mm"] == pytest.approx(want, abs=0.1)
     assert 5 not in step.last_by_track
     assert Locate().run(None, [(300, 200, 380, 280)]) is None  # no depth: nothing added, as before
+
+
+def test_weak_detections_keep_the_last_position_of_their_track():
+    d = np.full((480, 640), 1200, np.uint16)
+    step = Locate()
+    step.run(depth_map(d), [(300, 200, 380, 280)], track_ids=[9])
+    located = step.run(depth_map(d * 0), [None], track_ids=[9])  # seen only weakly now: not located
+    assert located.xyz == [None] and step.last_by_track[9][2] == 1200.0
