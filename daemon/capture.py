@@ -205,6 +205,7 @@ class RealSenseSource(Source):
         self.depth: Optional[DepthMap] = None
         self.playback = None
         self.stopped_status = None
+        self.delivered = False  # a frame came since open()
 
     def open(self) -> None:
         try:
@@ -245,6 +246,7 @@ class RealSenseSource(Source):
         self.native_fps = float(color.fps())
         self.align = rs.align(rs.stream.color)
         self.pipeline = pipeline
+        self.delivered = False
 
     def read(self) -> np.ndarray:
         if self.pipeline is None:
@@ -268,9 +270,12 @@ class RealSenseSource(Source):
             return frames
         deadline = time.monotonic() + 5.0
         while True:
-            stopped = self.playback.current_status() == self.stopped_status  # read before polling: no race
+            # read before polling, so a frame sent just before the stop is still taken; a playback just (re)started
+            # may not have left the stopped state yet, so that counts only once a frame came
+            stopped = self.delivered and self.playback.current_status() == self.stopped_status
             ok, frames = self.pipeline.try_wait_for_frames(50)
             if ok:
+                self.delivered = True
                 return frames
             if stopped:
                 raise SourceError(f"end of recording {self.path}")
