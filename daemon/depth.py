@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,16 +49,21 @@ def box_depth_mm(depth: DepthMap, box: Sequence[float], central: float = 0.5, mi
     h, w = depth.depth.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
     cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * central / 2, (y2 - y1) * central / 2
-    c0, c1 = max(0, int(np.floor(cx - hw))), min(w, int(np.ceil(cx + hw)))
-    r0, r1 = max(0, int(np.floor(cy - hh))), min(h, int(np.ceil(cy + hh)))
+    c0, c1 = max(0, math.floor(cx - hw)), min(w, math.ceil(cx + hw))
+    r0, r1 = max(0, math.floor(cy - hh)), min(h, math.ceil(cy + hh))
     if c1 <= c0 or r1 <= r0:
         return None
     # every box of every frame: a few hundred evenly spread pixels give the same median as all of them, and the
     # comparisons stay in the camera's raw units (no float copy of the patch)
-    step = max(1, int(np.sqrt((r1 - r0) * (c1 - c0) / 400)))
+    step = max(1, math.ceil(math.sqrt((r1 - r0) * (c1 - c0) / 400)))
     patch = depth.depth[r0:r1:step, c0:c1:step]
-    lo, hi = min_mm / depth.units_mm, max_mm / depth.units_mm
-    valid = patch[(patch >= lo) & (patch <= hi)]
+    # lo ≤ raw ≤ hi as one unsigned comparison: raw − lo wraps around below lo
+    top = np.iinfo(patch.dtype).max if patch.dtype.kind == "u" else None
+    if top is None:
+        raise ValueError(f"depth must be unsigned integer raw units (z16), got {patch.dtype}")
+    lo = min(math.ceil(min_mm / depth.units_mm), top)
+    span = min(int(max_mm / depth.units_mm), top) - lo
+    valid = patch[(patch - patch.dtype.type(lo)) <= patch.dtype.type(span)]
     if valid.size == 0 or valid.size < min_valid * patch.size:
         return None
     k = valid.size // 2
