@@ -5,8 +5,10 @@ frames without depth, and the locate step's own time per frame, measured inside 
 
 Each round runs the real Daemon in this process (MQTT and the live view off; tracking and targets on, so the
 output path is the production one) once per variant, interleaved: `depth` plays daemon/assets/sample-3d.db3 through
-pyrealsense2 (read, rs.align, Locate); `no-depth` plays the same colour frames from a BMP folder (a source without
-depth, nothing located). Both are played as fast as inference takes them (realtime off, looped). FPS = frames
+pyrealsense2 (read, rs.align, Locate); `realsense-no-depth` the same colour frames as a colour-only RealSense
+recording (the camera with depth off: what turning depth on costs); `bmp-no-depth` the same frames from a BMP folder
+(a source that costs next to nothing to read; playing a recording decompresses every frame, which a live camera
+does not). Both are played as fast as inference takes them (realtime off, looped). FPS = frames
 processed in the measuring window / window length, after a warm-up. The locate time is Locate.run +
 Located.annotate timed around each call in the output thread, summed per frame, as thread CPU time (the work the
 step adds) and as wall time (which also holds waits for the GIL while another thread runs Python or a pyrealsense2
@@ -27,30 +29,41 @@ import cv2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from daemon import config as config_mod  # noqa: E402
 from daemon import depth as depth_mod  # noqa: E402
-from daemon.capture import make_source  # noqa: E402
+from daemon.capture import SourceError, make_source  # noqa: E402
 from daemon.config import SAMPLE_3D, SourceConfig  # noqa: E402
 from daemon.pipeline import Daemon  # noqa: E402
 
 
-def colour_folder(out: Path) -> Path:
-    """The recording's colour frames as BMP files (decoding a BMP costs next to nothing)."""
+def colour_only(out: Path) -> tuple[Path, Path]:
+    """The recording's colour frames as BMP files (decoding a BMP costs next to nothing) and as a colour-only
+    RealSense recording (the same camera with depth off)."""
+    from depth_recording import Camera, write_recording
+
     source = make_source(SourceConfig(uri=str(SAMPLE_3D)))
     source.open()
-    n = 0
+    images = []
     try:
         while True:
             try:
-                image = source.read()
-            except Exception:
+                images.append(source.read())
+            except SourceError:
                 break
-            n += 1
-            cv2.imwrite(str(out / f"{n:03d}.bmp"), image)
     finally:
         source.close()
-    return out
+    folder = out / "bmp"
+    folder.mkdir()
+    for n, image in enumerate(images, 1):
+        cv2.imwrite(str(folder / f"{n:03d}.bmp"), image)
+    h, w = images[0].shape[:2]
+    recording = out / "colour-only.db3"
+    write_recording(recording, [(im, None) for im in images], Camera(width=w, height=h, fx=source.intrinsics.fx,
+                    fy=source.intrinsics.fy, ppx=source.intrinsics.ppx, ppy=source.intrinsics.ppy,
+                    fps=int(source.native_fps)), depth=False)
+    return folder, recording
 
 
 def timed_locate(times: list[tuple[float, float]]) -> None:
@@ -98,18 +111,21 @@ def main() -> int:
     args = p.parse_args()
     locate_s: list[tuple[float, float]] = []
     timed_locate(locate_s)
-    fps: dict[str, list[float]] = {"depth": [], "no-depth": []}
+    fps: dict[str, list[float]] = {"depth": [], "realsense-no-depth": [], "bmp-no-depth": []}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = colour_folder(Path(tmp))
+        folder, recording = colour_only(Path(tmp))
         for r in range(args.rounds):
-            for name, uri in (("depth", "sample-3d"), ("no-depth", str(folder))):
+            for name, uri in (("depth", "sample-3d"), ("realsense-no-depth", str(recording)),
+                              ("bmp-no-depth", str(folder))):
                 fps[name].append(round(measure(uri, args.seconds, args.warmup, args.threads), 2))
                 print(f"round {r + 1} {name}: {fps[name][-1]} fps", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in fps.items()}
     cpu_ms = sorted(c * 1000 for c, _ in locate_s)
     wall_ms = sorted(w * 1000 for _, w in locate_s)
     print(json.dumps({
-        "fps_rounds": fps, "fps_median": med, "ratio_depth_vs_no_depth": round(med["depth"] / med["no-depth"], 3),
+        "fps_rounds": fps, "fps_median": med,
+        "ratio_depth_vs_realsense_no_depth": round(med["depth"] / med["realsense-no-depth"], 3),
+        "ratio_depth_vs_bmp_no_depth": round(med["depth"] / med["bmp-no-depth"], 3),
         "locate_frames": len(cpu_ms),
         "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,
         "locate_cpu_ms_p95": round(cpu_ms[int(0.95 * (len(cpu_ms) - 1))], 3) if cpu_ms else None,

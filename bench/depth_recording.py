@@ -91,8 +91,9 @@ def synthetic_depth(tomatoes: list[dict], z_front: np.ndarray, cam: Camera, back
     return np.clip(depth, 0, 65535).astype(np.uint16), truth
 
 
-def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam: Camera) -> None:
-    """Record (BGR image, depth uint16 mm) pairs through pyrealsense2's software device and recorder."""
+def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam: Camera, depth: bool = True) -> None:
+    """Record (BGR image, depth uint16 mm) pairs through pyrealsense2's software device and recorder; with
+    depth=False only the colour stream (a RealSense run without depth, for comparisons)."""
     import pyrealsense2 as rs
 
     path = Path(path)
@@ -119,20 +120,20 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
     device.create_matcher(rs.matchers.default)
     recorder = rs.recorder(str(path), device)
     queue = rs.frame_queue(len(frames) * 2 + 2)
-    depth_sensor.open(profiles[0])
-    color_sensor.open(profiles[1])
-    depth_sensor.start(queue)
-    color_sensor.start(queue)
-    for n, (image, depth) in enumerate(frames):
-        for sensor, profile, pixels, bpp in ((depth_sensor, profiles[0], depth, 2),
-                                             (color_sensor, profiles[1], image, 3)):
+    sensors = [(depth_sensor, profiles[0], 0, 2), (color_sensor, profiles[1], 1, 3)][0 if depth else 1:]
+    for sensor, profile, _, _ in sensors:
+        sensor.open(profile)
+        sensor.start(queue)
+    for n, pair in enumerate(frames):
+        for sensor, profile, which, bpp in sensors:
+            pixels = pair[1 - which]  # (image, depth)
             f = rs.software_video_frame()
             f.pixels, f.bpp, f.stride = np.ascontiguousarray(pixels), bpp, cam.width * bpp
             f.timestamp, f.domain, f.frame_number = n * 1000.0 / cam.fps, rs.timestamp_domain.hardware_clock, n + 1
             f.profile = profile.as_video_stream_profile()
             sensor.on_video_frame(f)
         time.sleep(0.01)  # let the recorder's writer keep up; frames are written in order either way
-    for sensor in (depth_sensor, color_sensor):
+    for sensor, _, _, _ in sensors:
         sensor.stop()
         sensor.close()
     del recorder  # closing the recorder finishes the file

@@ -232,9 +232,10 @@ class RealSenseSource(Source):
                 self.playback.set_real_time(False)
                 self.stopped_status = rs.playback_status.stopped
             color = profile.get_stream(rs.stream.color).as_video_stream_profile()
-            depth_sensor = profile.get_device().first_depth_sensor()
-            self.units_mm = float(depth_sensor.get_depth_scale()) * 1000.0
-        except RuntimeError as exc:  # no camera, wrong serial, a file without colour + depth
+            has_depth = any(s.stream_type() == rs.stream.depth for s in profile.get_streams())
+            if has_depth:
+                self.units_mm = float(profile.get_device().first_depth_sensor().get_depth_scale()) * 1000.0
+        except RuntimeError as exc:  # no camera, wrong serial, a file without colour
             try:
                 pipeline.stop()
             except RuntimeError:
@@ -244,7 +245,8 @@ class RealSenseSource(Source):
         self.intrinsics = Intrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy, str(i.model).split(".")[-1],
                                      tuple(float(c) for c in i.coeffs))
         self.native_fps = float(color.fps())
-        self.align = rs.align(rs.stream.color)
+        # a colour-only recording plays as a source without depth (frames carry none, nothing is located)
+        self.align = rs.align(rs.stream.color) if has_depth else None
         self.pipeline = pipeline
         self.delivered = False
 
@@ -252,6 +254,11 @@ class RealSenseSource(Source):
         if self.pipeline is None:
             raise SourceError(f"{self.description} is not open")
         frames = self._next_frames()
+        if self.align is None:
+            color = frames.get_color_frame()
+            if not color:
+                raise SourceError(f"{self.description} gave a frame without colour")
+            return np.asanyarray(color.get_data()).copy()
         frames = self.align.process(frames)
         color, depth = frames.get_color_frame(), frames.get_depth_frame()
         if not color or not depth:

@@ -106,6 +106,19 @@ def test_a_source_without_depth_is_unchanged(tmp_path):
     assert frame is not None and frame.depth is None
 
 
+def test_a_colour_only_recording_plays_without_depth(tmp_path):
+    image = np.full((48, 64, 3), 77, np.uint8)
+    path = tmp_path / "colour.db3"
+    depth_recording.write_recording(path, [(image, None)], depth_recording.Camera(64, 48, 50, 50, 32, 24),
+                                    depth=False)
+    source = make_source(SourceConfig(uri=str(path)))
+    source.open()
+    try:
+        assert (source.read() == image).all() and source.take_depth() is None
+    finally:
+        source.close()
+
+
 def test_missing_camera_is_a_clear_error():
     source = make_source(SourceConfig(uri="realsense:000000000000"))
     with pytest.raises(SourceError, match="RealSense camera 000000000000"):
