@@ -188,5 +188,7 @@ def test_3d_calibration_config():
         validate({"calibration": {"points_3d": [{"camera": [x, 0, 500], "arm": [x, 0, 0]} for x in (0, 1e2, 2e2)]}})
     with pytest.raises(ConfigError, match="not both"):
         validate({"calibration": {"points_3d": points, "camera_to_arm": m.tolist()}})
+    scaled = m.copy()
+    scaled[:3, :3] *= 2  # a scale is not a rigid motion
     with pytest.raises(ConfigError, match="calibration.camera_to_arm: .*rotation"):
-        validate({"calibration": {"camera_to_arm": (m * 2).tolist()}})
+        validate({"calibration": {"camera_to_arm": scaled.tolist()}})
