@@ -32,6 +32,7 @@ class Camera:
     ppx: float = 320.0
     ppy: float = 320.0
     fps: int = 10
+    model: str = "brown_conrady"  # librealsense's distortion model name (coefficients all zero)
 
 
 def pick_photos(data: Path, count: int) -> list[tuple[Path, list[dict]]]:
@@ -105,7 +106,7 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
     intr = rs.intrinsics()
     intr.width, intr.height, intr.fx, intr.fy, intr.ppx, intr.ppy = (cam.width, cam.height, cam.fx, cam.fy,
                                                                       cam.ppx, cam.ppy)
-    intr.model, intr.coeffs = rs.distortion.brown_conrady, [0.0] * 5
+    intr.model, intr.coeffs = getattr(rs.distortion, cam.model), [0.0] * 5
     profiles = []
     for sensor, stream, fmt, bpp, uid in ((depth_sensor, rs.stream.depth, rs.format.z16, 2, 0),
                                           (color_sensor, rs.stream.color, rs.format.bgr8, 3, 1)):

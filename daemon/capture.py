@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig
-from daemon.depth import DepthMap, Intrinsics
+from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics
 from daemon.handoff import LatestSlot
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,10 @@ class RealSenseSource(Source):
         i = color.get_intrinsics()
         self.intrinsics = Intrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy, str(i.model).split(".")[-1],
                                      tuple(float(c) for c in i.coeffs))
+        if has_depth and self.intrinsics.model not in PINHOLE_MODELS:  # refused here, not on every frame later
+            pipeline.stop()
+            raise SourceError(f"{self.description}: colour distortion model {self.intrinsics.model!r} is not "
+                              f"supported for 3D positions (one of {sorted(PINHOLE_MODELS)})")
         self.native_fps = float(color.fps())
         # a colour-only recording plays as a source without depth (frames carry none, nothing is located)
         self.align = rs.align(rs.stream.color) if has_depth else None

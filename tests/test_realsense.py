@@ -123,6 +123,15 @@ def test_a_colour_only_recording_plays_without_depth(tmp_path):
         source.close()
 
 
+def test_unsupported_distortion_model_is_refused_at_open(tmp_path):
+    path = tmp_path / "fisheye.db3"
+    image, depth = np.zeros((48, 64, 3), np.uint8), np.full((48, 64), 500, np.uint16)
+    depth_recording.write_recording(path, [(image, depth)], depth_recording.Camera(64, 48, 50, 50, 32, 24,
+                                                                                   model="kannala_brandt4"))
+    with pytest.raises(SourceError, match="kannala_brandt4"):
+        make_source(SourceConfig(uri=str(path))).open()
+
+
 def test_missing_camera_is_a_clear_error():
     source = make_source(SourceConfig(uri="realsense:000000000000"))
     with pytest.raises(SourceError, match="RealSense camera 000000000000"):
