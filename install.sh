@@ -86,7 +86,11 @@ make_venv() {  # $1 = venv dir, $2 = pip target spec
 
 if [ "$mode" = dev ]; then
   ensure_mosquitto
-  make_venv "$here/.venv" "-e $here[dev,openvino,onnxruntime,ncnn,optimize,tracking]"
+  if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then  # pyrealsense2 (the realsense extra) loads it
+    log "installing libusb-1.0-0 (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null
+  fi
+  make_venv "$here/.venv" "-e $here[dev,openvino,onnxruntime,ncnn,optimize,tracking,realsense]"
   # pnnx's wheel lists torch (several GB) for a path we don't use; its ONNX→NCNN binary is self-contained.
   # supervision's wheel lists opencv-python, which would clobber the headless OpenCV the daemon uses.
   "$here/.venv/bin/python" -m pip install -q --no-deps pnnx "supervision==$SUPERVISION_VERSION"

@@ -1,4 +1,4 @@
-"""Frame sources (Pi camera, V4L2, RTSP/HTTP, GStreamer, video file, image folder) and the capture thread."""
+"""Frame sources (Pi camera, V4L2, RTSP/HTTP, GStreamer, video file, image folder, RealSense) and the capture thread."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 
-from daemon.config import SAMPLE_CLIP, SourceConfig
+from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig
+from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics
 from daemon.handoff import LatestSlot
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+REALSENSE_SUFFIXES = {".bag", ".db3"}  # ROS 1 / ROS 2 bags, as the RealSense recorder writes them
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mjpg", ".mjpeg"}
 
 
@@ -34,6 +36,8 @@ class Frame:
     capture_ms: float = 0.0
     prepared: Any = None  # what the capture thread's prepare() made of it (model tensor + letterbox)
     prepare_ms: float = 0.0
+    depth: Optional[DepthMap] = None  # aligned to `image`, from depth cameras only
+
 
 
 class Source:
@@ -48,6 +52,10 @@ class Source:
 
     def read(self) -> np.ndarray:
         raise NotImplementedError
+
+    def take_depth(self) -> Optional[DepthMap]:
+        """The depth that belongs to the image read() returned last; None for sources without depth."""
+        return None
 
     def close(self) -> None:
         pass
@@ -176,6 +184,138 @@ class Picamera2Source(Source):
                 self.cam = None
 
 
+class RealSenseSource(Source):
+    """Intel RealSense camera (first one, or by serial) or a recording (.bag/.db3) through pyrealsense2.
+
+    Depth is aligned to the colour frame (rs.align), so a detection box indexes the depth image directly; the
+    intrinsics are the colour stream's and the depth scale the depth sensor's. Playback is never paced by
+    librealsense: the capture thread paces files like any video (source.realtime) and rewinds them (source.loop).
+    """
+
+    def __init__(self, serial: str = "", path: Optional[Path] = None, width: int = 0, height: int = 0,
+                 fps: float = 0.0):
+        self.serial, self.path = serial, path
+        self.size, self.want_fps = (width, height), fps
+        self.finite = path is not None
+        self.description = f"RealSense recording {path}" if path else f"RealSense camera {serial or '(first)'}"
+        self.pipeline = None
+        self.align = None
+        self.intrinsics: Optional[Intrinsics] = None
+        self.units_mm = 1.0
+        self.depth: Optional[DepthMap] = None
+        self.playback = None
+        self.stopped_status = None
+        self.delivered = False  # a frame came since open()
+
+    def open(self) -> None:
+        try:
+            import pyrealsense2 as rs
+        except ImportError as exc:
+            raise SourceError(f"pyrealsense2 is not installed ({exc}); ./install.sh --dev or "
+                              "pip install 'ripeye[realsense]' (it needs apt's libusb-1.0-0)") from None
+        if self.path is not None and not self.path.is_file():
+            raise SourceError(f"RealSense recording not found: {self.path}")
+        cfg = rs.config()
+        if self.path is not None:
+            cfg.enable_device_from_file(str(self.path), repeat_playback=False)
+        else:
+            if self.serial:
+                cfg.enable_device(self.serial)
+            w, h, fps = self.size[0] or 640, self.size[1] or 480, int(self.want_fps or 30)
+            cfg.enable_stream(rs.stream.color, w, h, rs.format.bgr8, fps)
+            cfg.enable_stream(rs.stream.depth, rs.format.z16, fps)  # the depth sensor's own size; align resamples
+        pipeline = rs.pipeline()
+        try:
+            profile = pipeline.start(cfg)
+            if self.path is not None:
+                self.playback = profile.get_device().as_playback()
+                self.playback.set_real_time(False)
+                self.stopped_status = rs.playback_status.stopped
+            color = profile.get_stream(rs.stream.color).as_video_stream_profile()
+            has_depth = any(s.stream_type() == rs.stream.depth for s in profile.get_streams())
+            if has_depth:
+                self.units_mm = float(profile.get_device().first_depth_sensor().get_depth_scale()) * 1000.0
+        except RuntimeError as exc:  # no camera, wrong serial, a file without colour
+            try:
+                pipeline.stop()
+            except RuntimeError:
+                pass
+            raise SourceError(f"cannot start {self.description}: {exc}") from None
+        i = color.get_intrinsics()
+        self.intrinsics = Intrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy, str(i.model).split(".")[-1],
+                                     tuple(float(c) for c in i.coeffs))
+        if has_depth and self.intrinsics.model not in PINHOLE_MODELS:  # refused here, not on every frame later
+            pipeline.stop()
+            raise SourceError(f"{self.description}: colour distortion model {self.intrinsics.model!r} is not "
+                              f"supported for 3D positions (one of {sorted(PINHOLE_MODELS)})")
+        self.native_fps = float(color.fps())
+        # a colour-only recording plays as a source without depth (frames carry none, nothing is located)
+        self.align = rs.align(rs.stream.color) if has_depth else None
+        self.pipeline = pipeline
+        self.delivered = False
+
+    def read(self) -> np.ndarray:
+        if self.pipeline is None:
+            raise SourceError(f"{self.description} is not open")
+        frames = self._next_frames()
+        if self.align is None:
+            color = frames.get_color_frame()
+            if not color:
+                raise SourceError(f"{self.description} gave a frame without colour")
+            return np.asanyarray(color.get_data()).copy()
+        frames = self.align.process(frames)
+        color, depth = frames.get_color_frame(), frames.get_depth_frame()
+        if not color or not depth:
+            raise SourceError(f"{self.description} gave a frame without colour or depth")
+        image = np.asanyarray(color.get_data()).copy()
+        self.depth = DepthMap(np.asanyarray(depth.get_data()).copy(), self.units_mm, self.intrinsics,
+                              {"frame_number": int(color.get_frame_number())})
+        return image
+
+    def _next_frames(self):
+        """The next frameset; a recording's end is its playback stopping (short polls: looping stays cheap)."""
+        if not self.finite:
+            ok, frames = self.pipeline.try_wait_for_frames(5000)
+            if not ok:
+                raise SourceError(f"no frames from {self.description} for 5 s")
+            return frames
+        deadline = time.monotonic() + 5.0
+        while True:
+            # read before polling, so a frame sent just before the stop is still taken; a playback just (re)started
+            # may not have left the stopped state yet, so that counts only once a frame came
+            stopped = self.delivered and self.playback.current_status() == self.stopped_status
+            ok, frames = self.pipeline.try_wait_for_frames(50)
+            if ok:
+                self.delivered = True
+                return frames
+            if stopped:
+                raise SourceError(f"end of recording {self.path}")
+            if time.monotonic() > deadline:
+                raise SourceError(f"no frames from {self.description} for 5 s")
+
+    def take_depth(self) -> Optional[DepthMap]:
+        depth, self.depth = self.depth, None
+        return depth
+
+    def rewind(self) -> bool:
+        if self.path is None:
+            return False
+        self.close()
+        try:
+            self.open()
+        except SourceError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            try:
+                self.pipeline.stop()
+            except RuntimeError:
+                pass
+            self.pipeline = None
+
+
 def pi_camera_present() -> bool:
     try:
         from picamera2 import Picamera2
@@ -207,6 +347,10 @@ def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:
         uri = resolve_auto(cfg)
     if uri == "sample":
         uri = str(SAMPLE_CLIP)
+    if uri == "sample-3d":
+        uri = str(SAMPLE_3D)
+    if uri == "realsense" or uri.startswith("realsense:"):
+        return RealSenseSource(uri.partition(":")[2], None, cfg.width, cfg.height, cfg.fps)
     if uri.startswith("picamera2"):
         return Picamera2Source(cfg.width, cfg.height, cfg.fps)
     if "!" in uri:
@@ -219,6 +363,8 @@ def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:
     path = Path(uri.removeprefix("file://")).expanduser()
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFolderSource(path, cfg.fps)
+    if path.suffix.lower() in REALSENSE_SUFFIXES:
+        return RealSenseSource(path=path)
     return OpenCvSource(str(path), cv2.CAP_FFMPEG, finite=True, description=f"video file {path}")
 
 
@@ -315,7 +461,8 @@ class CaptureThread(threading.Thread):
                     return
             t1 = time.perf_counter()
             self.frame_count += 1
-            frame = Frame(self.frame_count, image, time.time(), t0, capture_ms=(t1 - t0) * 1000)
+            frame = Frame(self.frame_count, image, time.time(), t0, capture_ms=(t1 - t0) * 1000,
+                          depth=source.take_depth())
             if self.prepare is not None:
                 frame.prepared = self.prepare(image)
                 frame.prepare_ms = (time.perf_counter() - t1) * 1000

@@ -127,7 +127,7 @@ def cmd_demo(args) -> int:
                 break
             __import__("time").sleep(0.1)
         print(f"ripeye demo: started mosquitto on localhost:{args.port}", file=sys.stderr)
-    cfg = config.validate({"device_id": "demo", "source": {"uri": "sample"}, "mqtt": {"port": args.port},
+    cfg = config.validate({"device_id": "demo", "source": {"uri": args.source}, "mqtt": {"port": args.port},
                            "stats": {"interval_s": 5}}, "demo")
     _setup_logging("INFO")
     print(f"ripeye demo: watch with `.venv/bin/ripeye watch --port {args.port}` "
@@ -177,6 +177,9 @@ def cmd_calibrate(args) -> int:
     import numpy as np
     import yaml
 
+    if args.three_d:
+        return _calibrate_3d(args)
+
     from daemon.harvest import fit_homography
 
     pairs: list[dict] = []
@@ -200,6 +203,41 @@ def cmd_calibrate(args) -> int:
     print(f"# {len(pairs)} point pairs, RMS reprojection error {cal.rms_error:.2f} mm", flush=True)
     if args.max_error is not None and cal.rms_error > args.max_error:
         print(f"ripeye calibrate: error {cal.rms_error:.2f} mm exceeds --max-error {args.max_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _calibrate_3d(args) -> int:
+    """Fit the rigid camera → arm transform from ≥ 3 pairs of 3D points (mm) and print the config snippet."""
+    import yaml
+
+    from daemon.depth import fit_rigid
+
+    pairs: list[dict] = []
+    if args.file:
+        data = yaml.safe_load(Path(args.file).read_text())
+        pairs = data.get("points_3d", data) if isinstance(data, dict) else data
+    for text in args.pair or []:
+        try:
+            cam, arm = text.split("=")
+            pair = {"camera": [float(v) for v in cam.split(",")], "arm": [float(v) for v in arm.split(",")]}
+            if len(pair["camera"]) != 3 or len(pair["arm"]) != 3:
+                raise ValueError
+            pairs.append(pair)
+        except ValueError:
+            print(f"ripeye calibrate --3d: cannot read pair {text!r} (expected x,y,z=X,Y,Z in mm)", file=sys.stderr)
+            return 2
+    try:
+        fit = fit_rigid([p["camera"] for p in pairs], [p["arm"] for p in pairs])
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"ripeye calibrate --3d: {exc}", file=sys.stderr)
+        return 2
+    snippet = {"calibration": {"camera_to_arm": [[round(float(v), 6) + 0.0 for v in row] for row in fit.matrix]}}
+    print(yaml.safe_dump(snippet, default_flow_style=None).strip())
+    print(f"# {len(pairs)} point pairs, RMS error {fit.rms_mm:.2f} mm (largest {fit.max_mm:.2f} mm)", flush=True)
+    if args.max_error is not None and fit.rms_mm > args.max_error:
+        print(f"ripeye calibrate --3d: error {fit.rms_mm:.2f} mm exceeds --max-error {args.max_error}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -289,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run on the sample clip with the shipped model and a local broker")
     demo.add_argument("--port", type=int, default=1883)
+    demo.add_argument("--source", choices=["sample", "sample-3d"], default="sample",
+                      help="sample-3d: a RealSense recording with depth; detections and targets carry xyz_mm")
     demo.set_defaults(func=cmd_demo)
 
     watch = sub.add_parser("watch", help="print MQTT messages (default: everything under ripeye/)")
@@ -300,8 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=cmd_watch)
 
     cal = sub.add_parser("calibrate", help="fit the pixel → arm homography from point pairs")
-    cal.add_argument("--pair", action="append", metavar="U,V=X,Y", help="pixel U,V maps to arm X,Y (mm); ≥ 4")
-    cal.add_argument("--file", help="YAML list of {pixel: [u, v], arm: [x, y]}")
+    cal.add_argument("--pair", action="append", metavar="U,V=X,Y",
+                     help="pixel U,V maps to arm X,Y (mm); ≥ 4. With --3d: camera x,y,z=arm X,Y,Z (mm); ≥ 3")
+    cal.add_argument("--3d", dest="three_d", action="store_true",
+                     help="fit the rigid camera → arm transform for a depth camera (calibration.camera_to_arm)")
+    cal.add_argument("--file", help="YAML list of {pixel: [u, v], arm: [x, y]} (with --3d: {camera: [x, y, z], "
+                                    "arm: [x, y, z]})")
     cal.add_argument("--max-error", type=float, help="fail when the RMS error (mm) is above this")
     cal.set_defaults(func=cmd_calibrate)
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_CLIP = PACKAGE_DIR / "assets" / "sample.mp4"
+SAMPLE_3D = PACKAGE_DIR / "assets" / "sample-3d.db3"  # RealSense recording, made by bench/make_depth_recording.py
 DEFAULT_MODEL_DIR = REPO_DIR / "models" / "tomato-yolo11n"
 
 
@@ -132,7 +133,8 @@ class TargetsConfig(Strict):
 
 
 class CalibrationConfig(Strict):
-    """Pixel → arm-plane coordinates (mm): a homography, or ≥ 4 point pairs it is computed from."""
+    """Pixel → arm-plane coordinates (mm): a homography, or ≥ 4 point pairs it is computed from; and, with a depth
+    camera, camera-frame → arm 3D (mm): a rigid 4×4 transform, or ≥ 3 point pairs it is fitted from."""
 
     homography: Optional[list[list[float]]] = None
     points: list[dict[str, list[float]]] = Field(default_factory=list,
@@ -154,6 +156,53 @@ class CalibrationConfig(Strict):
             if set(p) != {"pixel", "arm"} or len(p["pixel"]) != 2 or len(p["arm"]) != 2:
                 raise ValueError(f"point {i}: expected {{pixel: [u, v], arm: [x, y]}}")
         return v
+
+    # ---- 3D (depth cameras): camera-frame mm → arm mm --------------------------------------------------------------
+    camera_to_arm: Optional[list[list[float]]] = Field(
+        None, description="4×4 row-major rigid transform (mm) from the depth camera's frame to the arm's")
+    points_3d: list[dict[str, list[float]]] = Field(
+        default_factory=list, description="[{camera: [x, y, z], arm: [X, Y, Z]}, ...] (mm), ≥ 3 non-collinear; "
+                                          "a rigid transform is fitted from them at load")
+
+    @field_validator("camera_to_arm")
+    @classmethod
+    def _rigid(cls, v):
+        if v is not None:
+            from daemon.depth import check_transform
+
+            check_transform(v)
+        return v
+
+    @field_validator("points_3d")
+    @classmethod
+    def _pairs_3d(cls, v):
+        if not v:
+            return v
+        for i, p in enumerate(v):
+            if set(p) != {"camera", "arm"} or len(p["camera"]) != 3 or len(p["arm"]) != 3:
+                raise ValueError(f"point {i}: expected {{camera: [x, y, z], arm: [x, y, z]}}")
+        from daemon.depth import fit_rigid
+
+        fit_rigid([p["camera"] for p in v], [p["arm"] for p in v])  # DegenerateCalibration is a ValueError
+        return v
+
+    @model_validator(mode="after")
+    def _one_3d_source(self):
+        if self.camera_to_arm is not None and self.points_3d:
+            raise ValueError("set calibration.camera_to_arm or calibration.points_3d, not both")
+        return self
+
+    def camera_to_arm_matrix(self):
+        """The camera→arm 4×4 (numpy) from camera_to_arm or fitted from points_3d; None when neither is set."""
+        import numpy as np
+
+        if self.camera_to_arm is not None:
+            return np.asarray(self.camera_to_arm, dtype=np.float64)
+        if self.points_3d:
+            from daemon.depth import fit_rigid
+
+            return fit_rigid([p["camera"] for p in self.points_3d], [p["arm"] for p in self.points_3d]).matrix
+        return None
 
 
 class HttpConfig(Strict):

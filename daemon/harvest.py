@@ -243,7 +243,7 @@ class Harvest:
 
     def _message(self, t: Track, now: float, state: str) -> dict:
         x1, y1, x2, y2 = t.box
-        msg = {"schema": 1, "state": state, "track_id": t.track_id, "class": t.class_name,
+        msg = {"schema": 2, "state": state, "track_id": t.track_id, "class": t.class_name,
                "confidence": round(t.confidence, 4), "ripeness": round(t.ripeness, 3),
                "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
                "center": [round(t.center[0], 1), round(t.center[1], 1)],

@@ -17,6 +17,7 @@ from daemon import __version__
 from daemon import config as config_mod
 from daemon.capture import CaptureThread, Frame
 from daemon.config import Config, ConfigError
+from daemon.depth import Locate
 from daemon.detector import Detector, NoUsableBackend, load_detector
 from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
@@ -27,7 +28,7 @@ from daemon.service import Notifier
 from daemon.stats import StageTimes
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: detections and targets may carry xyz_mm / arm_xyz (depth cameras)
 
 
 def runtime_options(cfg: Config) -> RuntimeOptions:
@@ -39,7 +40,7 @@ def runtime_options(cfg: Config) -> RuntimeOptions:
 
 def detection_payload(frame: Frame, detections: list, detector: Detector, latency_ms: dict,
                       published_at: float, track_ids: Optional[list] = None) -> dict:
-    """The `detections` message body (schema 1); see README for an example."""
+    """The `detections` message body (schema 2); see README for an example."""
     h, w = frame.image.shape[:2]
     return {
         "schema": SCHEMA_VERSION,
@@ -98,6 +99,7 @@ class Daemon:
         self.web = None
         self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
         self.state_problems: list[str] = []  # own state files found bad and set aside before start
+        self.locate = Locate(cfg.calibration.camera_to_arm_matrix())  # 3D positions (issue 11)
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -299,12 +301,17 @@ class Daemon:
         detections = [candidates[i] for i in keep]
         if harvest:
             track_ids = [all_ids[i] for i in keep]
+        # 3D (issue 11): positions from the frame's depth; None (nothing added) for a source without depth
+        located = self.locate.run(r.frame.depth, [d.box if d.confidence >= cfg.detect.confidence else None
+                                                  for d in candidates], all_ids if harvest else None)
         t1 = time.perf_counter()
         latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
                    "postprocess": (t1 - t0) * 1000}
         now = time.time()
         latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000
         payload = detection_payload(r.frame, detections, r.detector, latency, now, track_ids)
+        if located is not None:  # 3D (issue 11): xyz_mm on detections, xyz_mm / arm_xyz on targets
+            located.annotate(payload["detections"], keep, targets)
         if self.link:
             self.link.publish("detections", payload, qos=cfg.mqtt.qos)
             if cfg.targets.enabled:
@@ -447,6 +454,7 @@ class Daemon:
             self.harvest.cfg = new.targets
         if (new.tracking, new.calibration) != (old.tracking, old.calibration):
             self.harvest = self._make_harvest(new)
+            self.locate = Locate(new.calibration.camera_to_arm_matrix())
         if (new.model, new.runtime.backend, new.runtime.threads, new.runtime.device) != (
                 old.model, old.runtime.backend, old.runtime.threads, old.runtime.device):
             self._load_detector()

@@ -1,6 +1,8 @@
 """JSON Schemas of the MQTT payloads, for consumers and for the tests that check every message."""
 
 BOX = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+# mm; null when the depth camera had no valid depth in the box (never 0); absent for sources without depth
+POINT_3D = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
 
 DETECTION = {
     "type": "object",
@@ -13,6 +15,7 @@ DETECTION = {
         "box_norm": BOX,
         "center": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         "track_id": {"type": "integer"},
+        "xyz_mm": POINT_3D,
     },
 }
 
@@ -23,7 +26,7 @@ DETECTIONS_MESSAGE = {
     "required": ["schema", "frame_id", "captured_at", "published_at", "image", "model", "backend", "latency_ms",
                  "detections"],
     "properties": {
-        "schema": {"const": 1},
+        "schema": {"const": 2},
         "frame_id": {"type": "integer", "minimum": 1},
         "captured_at": {"type": "number"},
         "published_at": {"type": "number"},
@@ -47,4 +50,27 @@ ERROR_MESSAGE = {
     "type": "object",
     "required": ["source", "message"],
     "properties": {"source": {"type": "string"}, "message": {"type": "string"}, "key": {"type": "string"}},
+}
+
+TARGET_MESSAGE = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "ripeye targets message",
+    "type": "object",
+    "required": ["schema", "state", "track_id", "class", "box", "center", "captured_at", "expires_at"],
+    "properties": {
+        "schema": {"const": 2},
+        "state": {"enum": ["available", "lost"]},
+        "track_id": {"type": "integer"},
+        "class": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "ripeness": {"type": "number", "minimum": 0, "maximum": 1},
+        "box": BOX,
+        "center": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "arm_xy": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "xyz_mm": POINT_3D,
+        "arm_xyz": POINT_3D,
+        "frame_id": {"type": ["integer", "null"]},
+        "captured_at": {"type": "number"},
+        "expires_at": {"type": "number"},
+    },
 }

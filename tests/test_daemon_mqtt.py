@@ -43,6 +43,7 @@ def test_publishes_schema_valid_detections_status_stats_config(tmp_path, broker,
         dets = sub.json("detections")
         for msg in dets:
             jsonschema.validate(msg, DETECTIONS_MESSAGE)
+            assert not any("xyz_mm" in d for d in msg["detections"])  # a source without depth: as before schema 2
         assert [m["frame_id"] for m in dets] == sorted(m["frame_id"] for m in dets)
         assert dets[-1]["image"] == {"width": 640, "height": 640}
         assert dets[-1]["model"]["version"]
