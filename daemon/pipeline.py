@@ -13,7 +13,7 @@ from typing import Optional
 
 import psutil
 
-from daemon import __version__
+from daemon import __version__, output
 from daemon import config as config_mod
 from daemon.capture import CaptureThread, Frame
 from daemon.config import Config, ConfigError
@@ -23,37 +23,17 @@ from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
 from daemon.model import SizeNotFound
 from daemon.mqtt import MqttLink
+from daemon.output import SCHEMA_VERSION
 from daemon.runtimes.base import RuntimeOptions
 from daemon.service import Notifier
 from daemon.stats import StageTimes
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2  # 2: detections and targets may carry xyz_mm / arm_xyz (depth cameras)
-
-
 def runtime_options(cfg: Config) -> RuntimeOptions:
     r = cfg.runtime
     return RuntimeOptions(threads=r.threads, inflight=r.inflight, device=r.device,
                           cache_dir=Path(r.cache_dir).expanduser(), tensorrt_fp16=r.tensorrt_fp16,
                           tensorrt_int8=r.tensorrt_int8)
-
-
-def detection_payload(frame: Frame, detections: list, detector: Detector, latency_ms: dict,
-                      published_at: float, track_ids: Optional[list] = None) -> dict:
-    """The `detections` message body (schema 2); see README for an example."""
-    h, w = frame.image.shape[:2]
-    return {
-        "schema": SCHEMA_VERSION,
-        "frame_id": frame.frame_id,
-        "captured_at": round(frame.captured_at, 4),
-        "published_at": round(published_at, 4),
-        "image": {"width": w, "height": h},
-        "model": {"name": detector.bundle.name, "version": detector.bundle.version},
-        "backend": detector.backend,
-        "precision": detector.runtime.precision,
-        "latency_ms": {k: round(v, 2) for k, v in latency_ms.items()},
-        "detections": [d.to_json(w, h, track_ids[i] if track_ids else None) for i, d in enumerate(detections)],
-    }
 
 
 class Result:
@@ -100,6 +80,7 @@ class Daemon:
         self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
         self.state_problems: list[str] = []  # own state files found bad and set aside before start
         self.locate = Locate(cfg.calibration.camera_to_arm_matrix())  # 3D positions (issue 11)
+        self.chain = self._output_chain()
 
     # ---- wiring -------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -284,53 +265,20 @@ class Daemon:
                 log.exception("output: publishing frame %s failed", result.frame.frame_id)
                 self.report_error("output", str(exc))
 
+    def _output_chain(self) -> list:
+        """The path a frame takes after inference, in order (daemon/output.py): decode → track + targets → select
+        what is published → 3D positions → compose the message → sinks (MQTT, timings and metrics, live view)."""
+        return [output.Decode(lambda: self.harvest), output.Track(lambda: self.harvest), output.Select(),
+                output.Locate(lambda: self.locate), output.Compose(), output.MqttSink(lambda: self.link),
+                output.MetricsSink(self.stages, self.metrics), output.LiveViewSink(lambda: self.web, self.stages)]
+
     def _publish_result(self, r: Result) -> None:
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        harvest = self.harvest
-        floor = min(cfg.detect.confidence, cfg.tracking.low_confidence) if harvest else cfg.detect.confidence
-        candidates = r.detector.postprocess(r.output, r.lb, floor, cfg.detect.iou, cfg.detect.max_detections,
-                                            cfg.detect.agnostic_nms)
-        track_ids, targets = None, []
-        if harvest:
-            # the tracker also sees weak detections (ByteTrack's second stage); only confident ones are published
-            harvest.observe_confidence = cfg.detect.confidence
-            all_ids, targets = harvest.update(candidates, r.frame.captured_at, r.frame.frame_id, r.frame.image)
-        keep = [i for i, d in enumerate(candidates) if d.confidence >= cfg.detect.confidence
-                and (not cfg.detect.classes or d.class_name in cfg.detect.classes)]
-        detections = [candidates[i] for i in keep]
-        if harvest:
-            track_ids = [all_ids[i] for i in keep]
-        # 3D (issue 11): positions from the frame's depth; None (nothing added) for a source without depth
-        located = self.locate.run(r.frame.depth, [d.box if d.confidence >= cfg.detect.confidence else None
-                                                  for d in candidates], all_ids if harvest else None)
-        t1 = time.perf_counter()
-        latency = {"capture": r.frame.capture_ms, "preprocess": r.frame.prepare_ms, "inference": r.infer_ms,
-                   "postprocess": (t1 - t0) * 1000}
-        now = time.time()
-        latency["total"] = (time.perf_counter() - r.frame.t_capture) * 1000
-        payload = detection_payload(r.frame, detections, r.detector, latency, now, track_ids)
-        if located is not None:  # 3D (issue 11): xyz_mm on detections, xyz_mm / arm_xyz on targets
-            located.annotate(payload["detections"], keep, targets)
-        if self.link:
-            self.link.publish("detections", payload, qos=cfg.mqtt.qos)
-            if cfg.targets.enabled:
-                for msg in targets:
-                    msg["published_at"] = round(time.time(), 4)
-                    msg["latency_ms"] = round((time.perf_counter() - r.frame.t_capture) * 1000, 2)
-                    # an `available` target is re-announced while valid and expires in valid_ms: as droppable as a
-                    # detection when the outbox overflows; a withdrawal (`lost`) is kept
-                    self.link.publish("targets", msg, qos=cfg.targets.qos, droppable=msg["state"] == "available")
-        latency["publish"] = (time.perf_counter() - t1) * 1000
-        self.stages.add(latency)
-        self.metrics.observe(latency, detections, targets)
-        if self.web and self.web.live.wants_frame():
-            self.web.live.offer(r.frame.image, detections, track_ids, self.stages.fps())
+        out = output.run_chain(self.chain, r, self.cfg)
         self.last_frame_done = time.monotonic()
-        self.latest = (r.frame, detections, track_ids)
+        self.latest = (r.frame, out.detections, out.track_ids)
         if self.first_publish_at is None:
-            self.first_publish_at = now
-            log.info("first detections published %.2f s after start", now - self.started_at)
+            self.first_publish_at = out.published_at
+            log.info("first detections published %.2f s after start", out.published_at - self.started_at)
             self.notifier.ready(f"processing {self.capture.description if self.capture else ''}")
         self.on_frame_published(r)
 
