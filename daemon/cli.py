@@ -204,7 +204,9 @@ def cmd_config_check(args) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    print(f"{args.file}: OK (device_id={cfg.device_id}, source={cfg.source.uri}, model={cfg.model.path}, "
+    from daemon.redact import redact
+
+    print(f"{args.file}: OK (device_id={cfg.device_id}, source={redact(cfg.source.uri)}, model={cfg.model.path}, "
           f"backend={cfg.runtime.backend}, mqtt={cfg.mqtt.host}:{cfg.mqtt.port})")
     return 0
 

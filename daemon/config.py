@@ -187,11 +187,13 @@ class Config(Strict):
         return v
 
     def redacted(self) -> dict:
-        """The effective config as plain data, with secrets left out."""
-        data = self.model_dump()
+        """The effective config as plain data, with secrets left out (credentials in any URI-valued key masked)."""
+        from daemon.redact import MASK, redact_data
+
+        data = redact_data(self.model_dump())
         for key in ("password_file", "password_env"):
             if data["mqtt"].get(key):
-                data["mqtt"][key] = "***"
+                data["mqtt"][key] = MASK
         return data
 
 

@@ -1,0 +1,45 @@
+"""Control-plane defenses against a real mosquitto: secrets redacted, retained commands refused, honest health."""
+
+import json
+
+import pytest
+
+from daemon.redact import redact
+from tests.conftest import start_daemon
+from tests.test_daemon_mqtt import _cfg, _stop
+
+SECRET = "Hunter2Secret"
+
+
+@pytest.mark.parametrize("uri, kept", [
+    (f"rtsp://cam:{SECRET}@10.0.0.5:554/live", "rtsp://cam:***@10.0.0.5:554/live"),
+    (f"rtsp://cam:p@{SECRET}@10.0.0.5/live", "rtsp://cam:***@10.0.0.5/live"),  # unescaped '@' in the password
+    (f"https://{SECRET}@cam.local/snap.jpg", "https://***@cam.local/snap.jpg"),  # a lone userinfo is a token
+    (f"mqtts://user:{SECRET}@broker:8883", "mqtts://user:***@broker:8883"),
+    (f"http://cam/snap.cgi?user=admin&pwd={SECRET}&ch=1", "http://cam/snap.cgi?user=admin&pwd=***&ch=1"),
+    (f'rtspsrc location="rtsp://admin:{SECRET}@cam/s" user-id=admin user-pw={SECRET} ! decodebin ! appsink',
+     'rtspsrc location="rtsp://admin:***@cam/s" user-id=admin user-pw=*** ! decodebin ! appsink'),
+    ("rtsp://10.0.0.5/live", "rtsp://10.0.0.5/live"),
+    ("/dev/video0", "/dev/video0"),
+])
+def test_redact_masks_credentials_and_keeps_the_rest(uri, kept):
+    assert redact(uri) == kept
+
+
+def test_rtsp_password_not_on_retained_config_stats_errors_or_log(tmp_path, broker, subscriber_factory):
+    sub = subscriber_factory(broker.port, "ripeye/testbox/#")
+    uri = f"rtsp://cam:{SECRET}@127.0.0.1:9/live"  # port 9: refused at once, the camera keeps reconnecting
+    pipeline = f"rtspsrc location=rtsp://cam:{SECRET}@127.0.0.1:9/x user-pw={SECRET} ! decodebin ! appsink"
+    proc = start_daemon(_cfg(tmp_path, broker, source={"uri": uri, "reconnect_max_s": 1},
+                             model={"alternatives": {"gst": pipeline}}))
+    try:
+        config = json.loads(sub.wait_for("config", timeout=30))
+        sub.wait_for("stats", lambda p: b"reconnecting" in p, timeout=30)
+        sub.wait_for("errors", lambda p: b"camera" in p, timeout=30)
+    finally:
+        log = _stop(proc)
+    assert config["source"]["uri"] == "rtsp://cam:***@127.0.0.1:9/live"
+    assert config["model"]["alternatives"]["gst"].count("***") == 2
+    leaked = [t for t, p, _ in sub.messages if SECRET.encode() in p]
+    assert not leaked, f"password published on {leaked}"
+    assert SECRET not in log
