@@ -65,7 +65,7 @@ class MqttLink:
     """One connection to the broker for the daemon: publishes under <prefix>/<device_id>/, receives commands."""
 
     def __init__(self, cfg: MqttConfig, device_id: str,
-                 on_message: Optional[Callable[[str, bytes, object], None]] = None,
+                 on_message: Optional[Callable[[str, bytes, object, bool], None]] = None,
                  on_connected: Optional[Callable[[], None]] = None):
         self.cfg = cfg
         self.base = f"{cfg.topic_prefix}/{device_id}"
@@ -197,6 +197,8 @@ class MqttLink:
         if self.on_message_cb is None:
             return
         try:
-            self.on_message_cb(message.topic, message.payload, getattr(message, "properties", None))
+            # the retain flag is set only on messages the broker replays at subscribe time (stored state, not news)
+            self.on_message_cb(message.topic, message.payload, getattr(message, "properties", None),
+                               bool(message.retain))
         except Exception:
             log.exception("mqtt: handling a message on %s failed", message.topic)

@@ -129,7 +129,13 @@ class Daemon:
             self.report_error("tracking", f"tracking and targets off: {exc}", key="tracking.enabled")
             return None
 
-    def _on_message(self, topic: str, payload: bytes, properties=None) -> None:
+    def _on_message(self, topic: str, payload: bytes, properties=None, retained: bool = False) -> None:
+        if retained:
+            # a retained command would replay at every start (a daemon that always comes up paused, a pick
+            # re-reported): a command is an event, not a state, so stored ones are refused and said so
+            self.report_error("command", f"{topic}: ignored a retained message (commands are events, not state; "
+                                         f"clear it with: mosquitto_pub -r -n -t '{topic}')")
+            return
         if topic.startswith(self.link.topic("arm/")):
             self._on_arm(topic, payload)
         else:

@@ -2,6 +2,7 @@
 
 import json
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from daemon.redact import redact
@@ -43,3 +44,30 @@ def test_rtsp_password_not_on_retained_config_stats_errors_or_log(tmp_path, brok
     leaked = [t for t, p, _ in sub.messages if SECRET.encode() in p]
     assert not leaked, f"password published on {leaked}"
     assert SECRET not in log
+
+
+def _publish_retained(port, topic, payload):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_retained_commands_are_ignored_and_reported(tmp_path, broker, subscriber_factory, model_dir):
+    base = "ripeye/testbox"
+    _publish_retained(broker.port, f"{base}/cmd/pause", "{}")
+    _publish_retained(broker.port, f"{base}/arm/picked", '{"track_id": 1}')
+    sub = subscriber_factory(broker.port, f"{base}/#")
+    proc = start_daemon(_cfg(tmp_path, broker))
+    try:
+        first = sub.wait_for("errors", lambda p: b"cmd/pause" in p, timeout=30)
+        sub.wait_for("errors", lambda p: b"arm/picked" in p, timeout=10)
+        sub.wait_for("detections", timeout=30)  # not paused
+        stats = json.loads(sub.wait_for("stats", timeout=10))
+    finally:
+        _stop(proc)
+    assert "retained" in json.loads(first)["message"]
+    assert stats["paused"] is False
+    assert not sub.on("cmd/pause/result") and not sub.on("arm/picked/result")
