@@ -1,6 +1,7 @@
 """Control-plane defenses against a real mosquitto: secrets redacted, retained commands refused, honest health."""
 
 import json
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -71,3 +72,35 @@ def test_retained_commands_are_ignored_and_reported(tmp_path, broker, subscriber
     assert "retained" in json.loads(first)["message"]
     assert stats["paused"] is False
     assert not sub.on("cmd/pause/result") and not sub.on("arm/picked/result")
+
+
+def _client(port):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def test_failed_after_picked_over_mqtt_is_refused_and_target_never_comes_back(tmp_path, broker, subscriber_factory,
+                                                                              model_dir):
+    base = "ripeye/testbox"
+    sub = subscriber_factory(broker.port, f"{base}/#")
+    proc = start_daemon(_cfg(tmp_path, broker, targets={"picked_window_s": 60}))
+    arm = _client(broker.port)
+    try:
+        offer = json.loads(sub.wait_for("targets", lambda p: b'"available"' in p, timeout=60))
+        tid = offer["track_id"]
+        for action in ("claim", "picked", "failed"):
+            arm.publish(f"{base}/arm/{action}", json.dumps({"track_id": tid, "id": action}), qos=1)
+            sub.wait_for(f"arm/{action}/result", timeout=10)
+        after = len(sub.messages)
+        time.sleep(2.0)
+        later = [json.loads(p) for t, p, _ in sub.messages[after:] if t == f"{base}/targets"]
+    finally:
+        arm.loop_stop()
+        _stop(proc)
+    claim, picked, failed = (sub.json(f"arm/{a}/result")[-1] for a in ("claim", "picked", "failed"))
+    assert claim["ok"] and picked["ok"]
+    assert not [m for m in later if m["track_id"] == tid and m["state"] == "available"]
+    assert failed["ok"] is False and "already reported picked" in failed["error"], failed
+    assert picked["claimed"] is True
