@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Callable
 
 import cv2
@@ -67,11 +68,21 @@ class Commands:
 
     # ---- commands -----------------------------------------------------------------------------------------------
     def pause(self, req: dict) -> dict:
+        reason = req.get("reason", "")
+        if not isinstance(reason, str):
+            raise CommandError('"reason" must be a string (who paused and why, shown in stats and /healthz)')
+        by = {"command": "cmd/pause", "at": round(time.time(), 3)}
+        if reason:
+            by["reason"] = reason[:200]
+        if "id" in req:
+            by["id"] = req["id"]
+        self.daemon.paused_by = by
         self.daemon.paused.set()
         return {"paused": True}
 
     def resume(self, req: dict) -> dict:
         self.daemon.paused.clear()
+        self.daemon.paused_by = None
         return {"paused": False}
 
     def stats(self, req: dict) -> dict:

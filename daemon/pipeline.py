@@ -70,6 +70,8 @@ class Daemon:
         self.config_path = Path(config_path) if config_path else None
         self.stop_event = threading.Event()
         self.paused = threading.Event()
+        self.paused_by: Optional[dict] = None  # which command paused it, when, and the reason it gave
+        self.model_error = ""  # why the configured model could not be loaded, while it cannot
         self.detector: Optional[Detector] = None
         self.detector_lock = threading.Lock()
         self.frames = LatestSlot[Frame]()
@@ -199,8 +201,10 @@ class Daemon:
         try:
             detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, runtime_options(cfg))
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
-            self.report_error("model", f"{cfg.model.path}: {exc}", key="model.path")
+            self.model_error = f"{cfg.model.path}: {exc}"
+            self.report_error("model", self.model_error, key="model.path")
             return False
+        self.model_error = ""
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
         with self.detector_lock:
@@ -351,6 +355,7 @@ class Daemon:
             "device": detector.runtime.device if detector else None,
             "model": {"name": detector.bundle.name, "version": detector.bundle.version} if detector else None,
             "paused": self.paused.is_set(),
+            "paused_by": self.paused_by if self.paused.is_set() else None,
             "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
                      "outbox_dropped": self.link.outbox.dropped} if self.link else None,
             "errors": self.errors_total,
@@ -376,6 +381,28 @@ class Daemon:
         if time.monotonic() - self.last_frame_done < limit or self.paused.is_set() or self.detector is None:
             return True
         return bool(self.capture and self.capture.state in ("reconnecting", "ended", "starting"))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether detections are being produced now, and if not why: for /healthz, a load balancer, an operator.
+
+        Unlike healthy() (the watchdog's question: is something hung?), a handled wait is still not ready.
+        """
+        if self.detector is None:
+            return False, f"no loadable model: {self.model_error or 'loading'}"
+        if self.paused.is_set():
+            by = self.paused_by or {}
+            why = f" ({by['reason']})" if by.get("reason") else ""
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(by["at"])) if by.get("at") else "?"
+            return False, f"paused by {by.get('command', 'a command')} at {at}{why}"
+        capture = self.capture
+        if capture is None or capture.state != "running":
+            state = capture.state if capture else "none"
+            return False, f"camera {state}" + (f": {capture.last_error}" if capture and capture.last_error else "")
+        if not self.healthy():
+            return False, f"no frame processed for {time.monotonic() - self.last_frame_done:.0f} s"
+        if self.first_publish_at is None:
+            return False, "starting: no frame processed yet"
+        return True, ""
 
     def _housekeeping_loop(self) -> None:
         while not self.stop_event.wait(0.5):

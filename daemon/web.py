@@ -107,11 +107,14 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 age = time.monotonic() - daemon.last_frame_done
-                healthy = daemon.healthy()
-                body = {"ok": healthy, "last_frame_age_s": round(age, 2), "fps": round(daemon.stages.fps(), 2),
+                ready, reason = daemon.readiness()
+                # ok/ready: detections are being produced; watchdog_ok: nothing is hung (a handled wait is fine)
+                body = {"ok": ready, "ready": ready, "reason": reason, "watchdog_ok": daemon.healthy(),
+                        "paused": daemon.paused.is_set(), "last_frame_age_s": round(age, 2),
+                        "fps": round(daemon.stages.fps(), 2),
                         "camera": daemon.capture.state if daemon.capture else None,
                         "backend": daemon.detector.backend if daemon.detector else None}
-                self._send(200 if healthy else 503, json.dumps(body).encode(), "application/json")
+                self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
             elif path == "/stream.mjpg":
                 self._stream()
             else:

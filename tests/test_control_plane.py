@@ -2,12 +2,14 @@
 
 import json
 import time
+import urllib.error
+import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from daemon.redact import redact
-from tests.conftest import start_daemon
+from tests.conftest import free_port, start_daemon
 from tests.test_daemon_mqtt import _cfg, _stop
 
 SECRET = "Hunter2Secret"
@@ -104,3 +106,61 @@ def test_failed_after_picked_over_mqtt_is_refused_and_target_never_comes_back(tm
     assert not [m for m in later if m["track_id"] == tid and m["state"] == "available"]
     assert failed["ok"] is False and "already reported picked" in failed["error"], failed
     assert picked["claimed"] is True
+
+
+def _healthz(base):
+    try:
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _wait_health(base, status, timeout=30):
+    deadline = time.time() + timeout
+    got = None
+    while time.time() < deadline:
+        try:
+            got = _healthz(base)
+            if got[0] == status:
+                return got[1]
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"/healthz never answered {status}; last {got}")
+
+
+def test_healthz_not_ready_while_paused_and_stats_say_who(tmp_path, broker, subscriber_factory, model_dir):
+    port = free_port()
+    base = "ripeye/testbox"
+    sub = subscriber_factory(broker.port, f"{base}/#")
+    proc = start_daemon(_cfg(tmp_path, broker, http={"enabled": True, "port": port}))
+    ctl = _client(broker.port)
+    web = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(web, 200)
+        ctl.publish(f"{base}/cmd/pause", json.dumps({"id": "p1", "reason": "arm maintenance"}), qos=1)
+        body = _wait_health(web, 503, timeout=10)
+        n = len(sub.on("stats"))
+        stats = json.loads(sub.wait_for("stats", lambda p: b'"paused":true' in p and len(sub.on("stats")) > n))
+        ctl.publish(f"{base}/cmd/resume", "{}", qos=1)
+        _wait_health(web, 200, timeout=20)
+    finally:
+        ctl.loop_stop()
+        _stop(proc)
+    assert body["ok"] is False and "paused by cmd/pause" in body["reason"] and "arm maintenance" in body["reason"]
+    assert body["watchdog_ok"] is True  # a handled wait is not a hang: the systemd watchdog keeps being fed
+    assert stats["paused_by"]["command"] == "cmd/pause" and stats["paused_by"]["reason"] == "arm maintenance"
+
+
+def test_healthz_not_ready_without_a_loadable_model(tmp_path, broker, model_dir):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    port = free_port()
+    proc = start_daemon(_cfg(tmp_path, broker, http={"enabled": True, "port": port}, model={"path": str(broken)}))
+    try:
+        body = _wait_health(f"http://127.0.0.1:{port}", 503)
+    finally:
+        _stop(proc)
+    assert body["ok"] is False and "no loadable model" in body["reason"] and str(broken) in body["reason"]
