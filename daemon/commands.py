@@ -63,7 +63,7 @@ class Commands:
         if "id" in request:
             reply["id"] = request["id"]
         if not reply["ok"]:
-            self.daemon.report_error("command", f"{topic}: {reply['error']}")
+            self.daemon.report_error("command", f"{topic}: {reply['error']}", control=True)
         self.daemon.link.reply(f"cmd/{name}/result", reply, properties)
 
     # ---- commands -----------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class Commands:
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(req.get("quality", 85))])
         if not ok:
             raise CommandError("JPEG encoding failed")
-        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, droppable=False)
+        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, control=True)
         return {"frame_id": frame.frame_id, "bytes": int(jpeg.size), "topic": self.daemon.link.topic("snapshot"),
                 "captured_at": round(frame.captured_at, 3)}
 

@@ -136,7 +136,7 @@ class Daemon:
             # a retained command would replay at every start (a daemon that always comes up paused, a pick
             # re-reported): a command is an event, not a state, so stored ones are refused and said so
             self.report_error("command", f"{topic}: ignored a retained message (commands are events, not state; "
-                                         f"clear it with: mosquitto_pub -r -n -t '{topic}')")
+                                         f"clear it with: mosquitto_pub -r -n -t '{topic}')", control=True)
             return
         if topic.startswith(self.link.topic("arm/")):
             self._on_arm(topic, payload)
@@ -160,7 +160,7 @@ class Daemon:
                      else {"ok": False, "error": "targets are off (tracking unavailable)"})
         if "id" in body:
             reply["id"] = body["id"]
-        self.link.publish(f"arm/{action}/result", reply, qos=1, droppable=False)
+        self.link.reply(f"arm/{action}/result", reply)
 
     def _start_web(self) -> None:
         from daemon.web import WebServer
@@ -324,14 +324,15 @@ class Daemon:
         """Hook for extensions (service heartbeat, trackers)."""
 
     # ---- reporting ----------------------------------------------------------------------------------------------
-    def report_error(self, source: str, message: str, key: Optional[str] = None) -> None:
+    def report_error(self, source: str, message: str, key: Optional[str] = None, control: bool = False) -> None:
+        """Log and publish on `errors`; control=True for errors answering a command (the command budget)."""
         self.errors_total += 1
         log.error("%s: %s", source, message)
         if self.link:
             body = {"source": source, "message": message, "at": round(time.time(), 3)}
             if key:
                 body["key"] = key
-            self.link.publish("errors", body, qos=1, droppable=False)
+            self.link.publish("errors", body, qos=1, droppable=False, control=control)
 
     def stats_payload(self) -> dict:
         detector = self.detector
@@ -357,7 +358,8 @@ class Daemon:
             "paused": self.paused.is_set(),
             "paused_by": self.paused_by if self.paused.is_set() else None,
             "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
-                     "outbox_dropped": self.link.outbox.dropped} if self.link else None,
+                     "outbox_dropped": self.link.outbox.dropped, "dropped": dict(self.link.outbox.dropped_by)}
+            if self.link else None,
             "errors": self.errors_total,
             "targets": self.harvest.counts() if self.harvest else None,
             "rss_mb": round(mem.rss / 2**20, 1),

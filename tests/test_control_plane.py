@@ -164,3 +164,30 @@ def test_healthz_not_ready_without_a_loadable_model(tmp_path, broker, model_dir)
     finally:
         _stop(proc)
     assert body["ok"] is False and "no loadable model" in body["reason"] and str(broken) in body["reason"]
+
+
+def test_command_flood_loses_no_detections(tmp_path, broker, subscriber_factory, model_dir):
+    base = "ripeye/testbox"
+    dets = subscriber_factory(broker.port, f"{base}/detections")
+    stats = subscriber_factory(broker.port, f"{base}/stats")
+    # not realtime: the clip waits for the pipeline, so every frame is processed and a gap is a lost message
+    proc = start_daemon(_cfg(tmp_path, broker, source={"realtime": False}, stats={"interval_s": 0.5}))
+    flood = _client(broker.port)
+    try:
+        dets.wait_for("detections", lambda p: len(dets.on("detections")) > 20, timeout=60)  # past the warm-up
+        before = len(dets.on("detections"))
+        for i in range(1000):  # QoS 0, as fast as the client goes; half of them also make an `errors` message
+            flood.publish(f"{base}/cmd/{'resume' if i % 2 else 'nonsense'}", json.dumps({"id": i}), qos=0)
+        time.sleep(3.0)
+        n = len(stats.on("stats"))
+        stats.wait_for("stats", lambda p: len(stats.on("stats")) > n, timeout=10)
+        last = stats.json("stats")[-1]
+    finally:
+        flood.loop_stop()
+        _stop(proc)
+    ids = [m["frame_id"] for m in dets.json("detections")][before - 1:]
+    assert len(ids) > 10
+    gaps = [(a, b) for a, b in zip(ids, ids[1:]) if b != a + 1]
+    assert not gaps, f"detections lost between frames {gaps[:10]}; stats {last['dropped_frames']} {last['mqtt']}"
+    assert last["mqtt"]["outbox_dropped"] == 0 or last["mqtt"]["dropped"].get("detections", 0) == 0, last["mqtt"]
+    assert last["mqtt"]["dropped"].get("detections", 0) == 0
