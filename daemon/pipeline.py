@@ -148,12 +148,12 @@ class Daemon:
         action = topic.rsplit("/", 1)[-1]
         if action not in ("claim", "picked", "failed"):
             return
+        from daemon.commands import CommandError, parse_request
+
         try:
-            body = json.loads(payload.decode("utf-8"))
-            if not isinstance(body, dict):
-                raise ValueError("payload must be a JSON object like {\"track_id\": 17}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            reply = {"ok": False, "error": f"malformed request: {exc}"}
+            body = parse_request(payload)
+        except CommandError as exc:
+            reply = {"ok": False, "error": f'{exc} (expected a JSON object like {{"track_id": 17}})'}
             body = {}
         else:
             reply = (self.harvest.arm_event(action, body.get("track_id")) if self.harvest

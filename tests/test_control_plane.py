@@ -191,3 +191,47 @@ def test_command_flood_loses_no_detections(tmp_path, broker, subscriber_factory,
     assert not gaps, f"detections lost between frames {gaps[:10]}; stats {last['dropped_frames']} {last['mqtt']}"
     assert last["mqtt"]["outbox_dropped"] == 0 or last["mqtt"]["dropped"].get("detections", 0) == 0, last["mqtt"]
     assert last["mqtt"]["dropped"].get("detections", 0) == 0
+
+
+def _ask(sub, client, topic, body: str, rid: str, timeout=10):
+    """Publish a raw request body carrying "id": rid and wait for its answer on <topic>/result."""
+    client.publish(f"ripeye/testbox/{topic}", body, qos=1)
+    return json.loads(sub.wait_for(f"{topic}/result", lambda p: rid.encode() in p, timeout))
+
+
+def _ask_raw(sub, client, topic, body: str, timeout=10):
+    """Publish a body that cannot carry an id; wait for the next answer on <topic>/result."""
+    n = len(sub.on(f"{topic}/result"))
+    client.publish(f"ripeye/testbox/{topic}", body, qos=1)
+    sub.wait_for(f"{topic}/result", lambda p: len(sub.on(f"{topic}/result")) > n, timeout)
+    return json.loads(sub.on(f"{topic}/result")[-1])
+
+
+def test_strict_request_values_and_deep_json_get_clear_answers(tmp_path, broker, subscriber_factory, model_dir):
+    sub = subscriber_factory(broker.port, "ripeye/testbox/#")
+    proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(tmp_path / "state")))
+    ctl = _client(broker.port)
+    deep = "[" * 100_000 + "]" * 100_000
+    try:
+        sub.wait_for("detections", timeout=30)
+        persist = _ask(sub, ctl, "cmd/set", '{"id": "id-persist", "patch": {"detect": {"confidence": 0.3}}, '
+                       '"persist": "false"}', "id-persist")
+        quality = {q: _ask(sub, ctl, "cmd/snapshot", f'{{"id": "id-q{i}", "quality": {q}}}', f"id-q{i}")
+                   for i, q in enumerate(['"abc"', "1e400", "0", "101", "true"])}
+        annotate = _ask(sub, ctl, "cmd/snapshot", '{"id": "id-annotate", "annotate": "yes"}', "id-annotate")
+        good = _ask(sub, ctl, "cmd/snapshot", '{"id": "id-good", "quality": 50, "annotate": true}', "id-good")
+        deep_cmd = _ask_raw(sub, ctl, "cmd/stats", deep)
+        deep_arm = _ask_raw(sub, ctl, "arm/claim", deep)
+        alive = _ask(sub, ctl, "cmd/resume", '{"id": "id-alive"}', "id-alive")
+    finally:
+        ctl.loop_stop()
+        log = _stop(proc)
+    assert persist["ok"] is False and '"persist" must be true or false' in persist["error"], persist
+    assert not (tmp_path / "state" / "overrides.yaml").exists()
+    for q, reply in quality.items():
+        assert reply["ok"] is False and '"quality" must be an integer from 1 to 100' in reply["error"], (q, reply)
+    assert annotate["ok"] is False and '"annotate" must be true or false' in annotate["error"]
+    assert good["ok"] is True
+    for reply in (deep_cmd, deep_arm):
+        assert reply["ok"] is False and reply["error"].startswith("malformed request"), reply
+    assert alive["ok"] and "internal error" not in log and "RecursionError" not in log
