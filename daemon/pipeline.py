@@ -207,6 +207,8 @@ class Daemon:
         self.model_error = ""
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
+        for problem in detector.bundle.problems:
+            self.report_error("model", problem, key="model.path")
         with self.detector_lock:
             old, self.detector = self.detector, detector
         if old is not None:

@@ -1,6 +1,7 @@
 """Control-plane defenses against a real mosquitto: secrets redacted, retained commands refused, honest health."""
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -9,7 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from daemon.redact import redact
-from tests.conftest import free_port, start_daemon
+from tests.conftest import REPO, RIPEYE, free_port, start_daemon
 from tests.test_daemon_mqtt import _cfg, _stop
 
 SECRET = "Hunter2Secret"
@@ -235,3 +236,27 @@ def test_strict_request_values_and_deep_json_get_clear_answers(tmp_path, broker,
     for reply in (deep_cmd, deep_arm):
         assert reply["ok"] is False and reply["error"].startswith("malformed request"), reply
     assert alive["ok"] and "internal error" not in log and "RecursionError" not in log
+
+
+def _model_with_corrupt_manifest(tmp_path, model_dir):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("model.onnx", "metadata.json"):
+        (folder / name).symlink_to(model_dir / name)
+    (folder / "manifest.json").write_text('{"artifacts": [{"runtime": "openvino", ')  # cut short by a full disk
+    return folder
+
+
+def test_corrupt_manifest_does_not_disable_an_intact_onnx(tmp_path, broker, subscriber_factory, model_dir):
+    folder = _model_with_corrupt_manifest(tmp_path, model_dir)
+    sub = subscriber_factory(broker.port, "ripeye/testbox/#")
+    proc = start_daemon(_cfg(tmp_path, broker, model={"path": str(folder)}))
+    try:
+        det = json.loads(sub.wait_for("detections", timeout=60))
+        err = json.loads(sub.wait_for("errors", lambda p: b"manifest.json" in p, timeout=10))
+    finally:
+        _stop(proc)
+    assert det["model"]["name"] and err["source"] == "model" and str(folder / "manifest.json") in err["message"]
+    cfg = _cfg(tmp_path, broker, model={"path": str(folder)})
+    check = subprocess.run([*RIPEYE, "config", "check", str(cfg)], cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 1 and str(folder / "manifest.json") in check.stderr, check
