@@ -158,6 +158,8 @@ class HttpConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
     jpeg_quality: int = Field(75, ge=10, le=100)
+    idle_timeout_s: float = Field(30, gt=0, description="a connection silent (or not reading) this long is closed")
+    max_connections: int = Field(32, ge=1, description="connections served at once; more are answered 503")
 
 
 class LogConfig(Strict):

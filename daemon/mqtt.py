@@ -6,7 +6,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -14,6 +13,7 @@ from typing import Callable, Optional
 import paho.mqtt.client as mqtt
 
 from daemon.config import MqttConfig
+from daemon.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +27,6 @@ class Outgoing:
     droppable: bool  # detections may be dropped when the outbox is full; status/errors are kept longer
     control: bool = False  # a command's answer (reply, snapshot, its error): own budget, never evicts detections
     kind: str = ""  # first topic level under the device (detections, targets, cmd, arm, ...) for drop counts
-
-
-class RateLimitedLog:
-    """A warning at most every `interval_s`, saying how many were held back in between."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0):
-        self.logger, self.interval_s = logger, interval_s
-        self.last = float("-inf")
-        self.held_back = 0
-        self.lock = threading.Lock()
-
-    def warning(self, fmt: str, *args) -> None:
-        with self.lock:
-            now = time.monotonic()
-            if now - self.last < self.interval_s:
-                self.held_back += 1
-                return
-            self.last, held_back, self.held_back = now, self.held_back, 0
-        suffix = f" ({held_back} more like this in the last {self.interval_s:.0f} s)" if held_back else ""
-        self.logger.warning(fmt + suffix, *args)
 
 
 def encode(payload) -> bytes:

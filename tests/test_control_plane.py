@@ -1,10 +1,13 @@
 """Control-plane defenses against a real mosquitto: secrets redacted, retained commands refused, honest health."""
 
 import json
+import select
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -260,3 +263,43 @@ def test_corrupt_manifest_does_not_disable_an_intact_onnx(tmp_path, broker, subs
     cfg = _cfg(tmp_path, broker, model={"path": str(folder)})
     check = subprocess.run([*RIPEYE, "config", "check", str(cfg)], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 1 and str(folder / "manifest.json") in check.stderr, check
+
+
+def _threads(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_idle_http_connections_are_bounded_and_closed(tmp_path, broker, model_dir):
+    port = free_port()
+    proc = start_daemon(_cfg(tmp_path, broker, http={"enabled": True, "port": port, "idle_timeout_s": 1,
+                                                     "max_connections": 8}))
+    web = f"http://127.0.0.1:{port}"
+    sockets = []
+    try:
+        _wait_health(web, 200)
+        time.sleep(1.0)
+        before = _threads(proc.pid)
+        for _ in range(200):  # connect and say nothing, like a port scanner or a stuck client
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        during = _threads(proc.pid)
+        deadline = time.time() + 10
+        open_ = sockets
+        while open_ and time.time() < deadline:  # the server closes each one: past the limit at once, others idle
+            readable, _, _ = select.select(open_, [], [], 0.5)
+            for s in readable:
+                try:
+                    s.recv(4096)
+                except OSError:
+                    pass
+                s.close()
+            open_ = [s for s in open_ if s.fileno() != -1]
+        status = _healthz(web)[0]
+    finally:
+        for s in sockets:
+            s.close()
+        _stop(proc)
+    assert during - before <= 8 + 2, f"{during - before} threads added for 200 idle connections"
+    assert not open_, f"{len(open_)} idle connections still open after the idle timeout"
+    assert status == 200
