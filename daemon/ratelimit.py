@@ -23,5 +23,5 @@ class RateLimitedLog:
                 self.held_back += 1
                 return
             self.last, held_back, self.held_back = now, self.held_back, 0
-        suffix = f" ({held_back} more like this in the last {self.interval_s:.0f} s)" if held_back else ""
+        suffix = f" ({held_back} more like this in the last {self.interval_s:g} s)" if held_back else ""
         self.logger.warning(fmt + suffix, *args)
