@@ -16,6 +16,7 @@ import numpy as np
 from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig
 from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics
 from daemon.handoff import LatestSlot
+from daemon.redact import redact
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -354,12 +355,12 @@ def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:
     if uri.startswith("picamera2"):
         return Picamera2Source(cfg.width, cfg.height, cfg.fps)
     if "!" in uri:
-        return OpenCvSource(uri, cv2.CAP_GSTREAMER, description=f"GStreamer pipeline '{uri[:60]}'")
+        return OpenCvSource(uri, cv2.CAP_GSTREAMER, description=f"GStreamer pipeline '{redact(uri)[:60]}'")
     if uri.isdigit() or uri.startswith("/dev/video"):
         target = int(uri) if uri.isdigit() else uri
         return OpenCvSource(target, cv2.CAP_V4L2, cfg.width, cfg.height, cfg.fps, description=f"camera {uri}")
     if "://" in uri and not uri.startswith("file://"):
-        return OpenCvSource(uri, cv2.CAP_FFMPEG, description=f"stream {uri.split('@')[-1]}")
+        return OpenCvSource(uri, cv2.CAP_FFMPEG, description=f"stream {redact(uri)}")
     path = Path(uri.removeprefix("file://")).expanduser()
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFolderSource(path, cfg.fps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Callable
 
 import cv2
@@ -21,6 +22,33 @@ log = logging.getLogger(__name__)
 
 class CommandError(Exception):
     """A request that cannot be carried out; the message goes back to the caller."""
+
+
+def parse_request(payload: bytes) -> dict:
+    """A command or arm request body as a JSON object (empty = {}); CommandError "malformed request: ..." otherwise."""
+    try:
+        text = payload.decode("utf-8").strip() if payload else ""
+    except UnicodeDecodeError:
+        raise CommandError("malformed request: payload is not UTF-8 text") from None
+    try:
+        parsed = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"malformed request: malformed JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise CommandError("malformed request: JSON nested too deeply") from None
+    if not isinstance(parsed, dict):
+        raise CommandError(f"malformed request: payload must be a JSON object, not {type(parsed).__name__}")
+    if isinstance(parsed.get("id"), (dict, list)):
+        raise CommandError('malformed request: "id" must be a string or a number')
+    return parsed
+
+
+def flag(req: dict, key: str, default: bool = False) -> bool:
+    """A boolean request field, strictly: "false" or 0 are errors, not truthy values."""
+    value = req.get(key, default)
+    if not isinstance(value, bool):
+        raise CommandError(f'"{key}" must be true or false (a JSON boolean), not {json.dumps(value)[:40]}')
+    return value
 
 
 class Commands:
@@ -41,18 +69,12 @@ class Commands:
             return
         request: dict = {}
         try:
-            text = payload.decode("utf-8").strip() if payload else ""
-            parsed = json.loads(text) if text else {}
-            if not isinstance(parsed, dict):
-                raise CommandError(f"payload must be a JSON object, not {type(parsed).__name__}")
-            request = parsed
+            request = parse_request(payload)
             if name not in self.handlers:
                 raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(self.handlers))}")
             reply = {"ok": True, **self.handlers[name](request)}
-        except UnicodeDecodeError:
-            reply = {"ok": False, "error": "payload is not UTF-8 text"}
-        except json.JSONDecodeError as exc:
-            reply = {"ok": False, "error": f"malformed JSON: {exc.msg} at position {exc.pos}"}
+        except RecursionError:  # a request nested just under the parser's limit, too deep for what handles it
+            reply = {"ok": False, "error": "malformed request: nested too deeply"}
         except ConfigError as exc:
             reply = {"ok": False, "error": str(exc), "keys": [k for k, _ in exc.problems]}
         except CommandError as exc:
@@ -63,16 +85,26 @@ class Commands:
         if "id" in request:
             reply["id"] = request["id"]
         if not reply["ok"]:
-            self.daemon.report_error("command", f"{topic}: {reply['error']}")
+            self.daemon.report_error("command", f"{topic}: {reply['error']}", control=True)
         self.daemon.link.reply(f"cmd/{name}/result", reply, properties)
 
     # ---- commands -----------------------------------------------------------------------------------------------
     def pause(self, req: dict) -> dict:
+        reason = req.get("reason", "")
+        if not isinstance(reason, str):
+            raise CommandError('"reason" must be a string (who paused and why, shown in stats and /healthz)')
+        by = {"command": "cmd/pause", "at": round(time.time(), 3)}
+        if reason:
+            by["reason"] = reason[:200]
+        if "id" in req:
+            by["id"] = req["id"]
+        self.daemon.paused_by = by
         self.daemon.paused.set()
         return {"paused": True}
 
     def resume(self, req: dict) -> dict:
         self.daemon.paused.clear()
+        self.daemon.paused_by = None
         return {"paused": False}
 
     def stats(self, req: dict) -> dict:
@@ -96,7 +128,7 @@ class Commands:
         config_mod.check_hot_patch(patch)
         current = self.daemon.cfg
         new = config_mod.validate(config_mod.merge_patch(current.model_dump(), patch), "set")
-        persist = bool(req.get("persist", False))
+        persist = flag(req, "persist")
         if persist:
             file = config_mod.overrides_file(new)
             old = yaml.safe_load(file.read_text()) if file.is_file() else {}
@@ -120,14 +152,18 @@ class Commands:
         latest = self.daemon.latest
         if latest is None:
             raise CommandError("no frame captured yet")
+        quality = req.get("quality", 85)
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise CommandError(f'"quality" must be an integer from 1 to 100, not {json.dumps(quality)[:40]}')
+        annotated = flag(req, "annotate")
         frame, detections, track_ids = latest
         image = frame.image
-        if req.get("annotate"):
+        if annotated:
             image = annotate(image.copy(), detections, track_ids)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(req.get("quality", 85))])
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise CommandError("JPEG encoding failed")
-        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, droppable=False)
+        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, control=True)
         return {"frame_id": frame.frame_id, "bytes": int(jpeg.size), "topic": self.daemon.link.topic("snapshot"),
                 "captured_at": round(frame.captured_at, 3)}
 

@@ -211,6 +211,8 @@ class HttpConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
     jpeg_quality: int = Field(75, ge=10, le=100)
+    idle_timeout_s: float = Field(30, gt=0, description="a connection silent (or not reading) this long is closed")
+    max_connections: int = Field(32, ge=1, description="connections served at once; more are answered 503")
     token_file: Optional[str] = Field(None, description="file holding the access token; when set, every endpoint "
                                                         "but /healthz needs it (Bearer, or basic auth password)")
     allow_unauthenticated: bool = Field(False, description="serve without a token beyond loopback (explicit)")
@@ -273,13 +275,15 @@ class Config(Strict):
         return v
 
     def redacted(self) -> dict:
-        """The effective config as plain data, with secrets left out."""
-        data = self.model_dump()
+        """The effective config as plain data, with secrets left out (credentials in any URI-valued key masked)."""
+        from daemon.redact import MASK, redact_data
+
+        data = redact_data(self.model_dump())
         for key in ("password_file", "password_env"):
             if data["mqtt"].get(key):
-                data["mqtt"][key] = "***"
+                data["mqtt"][key] = MASK
         if data["http"].get("token_file"):
-            data["http"]["token_file"] = "***"
+            data["http"]["token_file"] = MASK
         return data
 
 

@@ -129,4 +129,4 @@ def load_detector(model_path: str | Path, backend: str = "auto", precision: str 
             log.info("loaded %s %s (%s) in %.2f s; chain %s because %s", name, art.precision, art.path,
                      time.perf_counter() - t0, chain, why)
             return Detector(bundle, rt, names, bundle.input_size, attempts)
-    raise NoUsableBackend(f"no backend could load {model_path}:\n  " + "\n  ".join(attempts))
+    raise NoUsableBackend(f"no backend could load {model_path}:\n  " + "\n  ".join(attempts + bundle.problems))

@@ -120,6 +120,7 @@ class Harvest:
         self.id_offset = 0  # track ids stay unique across tracker restarts (the arm must never see one reused)
         self.max_id = 0
         self.picked_places: list[tuple[tuple, float]] = []  # (box, when) of picked tomatoes
+        self.picked_ids: deque[int] = deque(maxlen=10_000)  # picked is final, even after the track has ended
         self.lock = threading.Lock()
         self.announced = 0
         self.withdrawn = 0
@@ -272,12 +273,22 @@ class Harvest:
                 return {"ok": True, "track_id": track_id, "state": "claimed",
                         "until": round(now + self.cfg.claim_timeout_s, 3)}
             if action == "picked":
+                if track_id in self.picked_ids:  # a duplicate (QoS 1 redelivery, a retry): same answer again
+                    return {"ok": True, "track_id": track_id, "state": "picked", "duplicate": True}
                 if t is None:
                     return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
+                # picked without a claim is accepted: the fruit is gone either way, and refusing the report would
+                # get it offered again; the reply says whether it had been claimed
+                claimed = t.state == "claimed"
                 t.state = "picked"
+                self.picked_ids.append(track_id)
                 self.picked_places.append((t.box, now))
-                return {"ok": True, "track_id": track_id, "state": "picked"}
+                return {"ok": True, "track_id": track_id, "state": "picked", "claimed": claimed}
             if action == "failed":
+                if track_id in self.picked_ids:
+                    return {"ok": False, "track_id": track_id, "state": "picked",
+                            "error": f"track {track_id} was already reported picked; picked is final, so this "
+                                     "failed is refused and the target is not offered again"}
                 if t is None:
                     return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
                 t.state, t.last_announced = "tracking", float("-inf")  # qualifies again on the next frame

@@ -45,6 +45,7 @@ class ModelBundle:
     version: str
     artifacts: list[Artifact] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # unreadable side files, each naming the file; loading went on
 
     def candidates(self, backend: str, precision: str = "auto") -> list[Artifact]:
         """Artifacts this backend can load for the wanted precision, in order of preference; rejected ones never."""
@@ -104,18 +105,52 @@ def _refuse_rejected(path: Path, entry: dict, allow_rejected: bool) -> None:
                 reason)
 
 
+def read_side_file(path: Path, problems: list[str]) -> dict:
+    """A bundle's JSON side file (metadata.json, manifest.json) as a dict; {} when absent. A corrupt one is a problem
+    naming the file, not a reason to refuse the intact model beside it."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        problems.append(f"{path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: ignored (top level must be a JSON object, not {type(data).__name__})")
+        return {}
+    return data
+
+
+def manifest_entries(manifest: dict, manifest_file: Path, problems: list[str]) -> list[dict]:
+    """The usable entries of a manifest's artifact list; each unusable one is a problem naming file and index."""
+    entries = manifest.get("artifacts", [])
+    if not isinstance(entries, list):
+        problems.append(f"{manifest_file}: artifacts must be a list; ignored")
+        return []
+    usable = []
+    for i, entry in enumerate(entries):
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if (not isinstance(files, list) or not files or not isinstance(files[0], str)
+                or not isinstance(entry.get("runtime"), str) or not isinstance(entry.get("precision"), str)):
+            problems.append(f"{manifest_file}: artifacts[{i}] needs runtime, precision and files; ignored")
+            continue
+        usable.append(entry)
+    return usable
+
+
 def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
     """Read a model folder (metadata.json, optional manifest.json) or a single artifact file; an artifact's model
-    folder is found by walking up, and a lone artifact describes itself (see artifact_info)."""
+    folder is found by walking up, and a lone artifact describes itself (see artifact_info). Corrupt side files are
+    problems naming the file (bundle.problems), not reasons to refuse an intact model."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"model path not found: {path}")
     root = path if path.is_dir() else find_model_root(path)
-    meta_file = root / METADATA
-    metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    problems: list[str] = []
+    metadata = read_side_file(root / METADATA, problems)
     artifacts: list[Artifact] = []
     manifest_file = root / MANIFEST
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = {"artifacts": manifest_entries(read_side_file(manifest_file, problems), manifest_file, problems)}
     if path.is_dir():
         source = root / "model.onnx"
         if source.is_file():
@@ -158,14 +193,13 @@ def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
         file_hash(source) if source.is_file() else file_hash(artifacts[0].path) if artifacts[0].path.is_file() else "")
     return ModelBundle(root=root, name=metadata.get("name", root.name if path.is_dir() else path.stem),
                        class_names=list(names), input_size=(int(size[0]), int(size[1])), version=version,
-                       artifacts=artifacts, metadata=metadata)
+                       artifacts=artifacts, metadata=metadata, problems=problems)
 
 
 def _folder_size(folder: Path) -> Optional[int]:
-    meta = folder / METADATA
-    if not meta.is_file():
+    if not (folder / METADATA).is_file():
         return None
-    size = json.loads(meta.read_text()).get("input_size") or (640, 640)
+    size = read_side_file(folder / METADATA, []).get("input_size") or (640, 640)
     return int(size[0])
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import paho.mqtt.client as mqtt
 
 from daemon.config import MqttConfig
+from daemon.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class Outgoing:
     qos: int
     retain: bool
     droppable: bool  # detections may be dropped when the outbox is full; status/errors are kept longer
+    control: bool = False  # a command's answer (reply, snapshot, its error): own budget, never evicts detections
+    kind: str = ""  # first topic level under the device (detections, targets, cmd, arm, ...) for drop counts
 
 
 def encode(payload) -> bytes:
@@ -41,15 +44,27 @@ class Outbox:
         self.size = size
         self.items: deque[Outgoing] = deque()
         self.dropped = 0
+        self.dropped_by: dict[str, int] = {}  # per topic kind, for stats
         self.lock = threading.Lock()
 
-    def add(self, msg: Outgoing) -> None:
+    def add(self, msg: Outgoing) -> Optional[Outgoing]:
+        """Queue a message; returns the one evicted to make room, if any."""
         with self.lock:
+            victim = None
             if len(self.items) >= self.size:
                 victim = next((m for m in self.items if m.droppable), self.items[0])
                 self.items.remove(victim)
-                self.dropped += 1
+                self._count(victim)
             self.items.append(msg)
+            return victim
+
+    def count_drop(self, msg: Outgoing) -> None:
+        with self.lock:
+            self._count(msg)
+
+    def _count(self, msg: Outgoing) -> None:
+        self.dropped += 1
+        self.dropped_by[msg.kind or "other"] = self.dropped_by.get(msg.kind or "other", 0) + 1
 
     def drain(self) -> list[Outgoing]:
         with self.lock:
@@ -65,7 +80,7 @@ class MqttLink:
     """One connection to the broker for the daemon: publishes under <prefix>/<device_id>/, receives commands."""
 
     def __init__(self, cfg: MqttConfig, device_id: str,
-                 on_message: Optional[Callable[[str, bytes, object], None]] = None,
+                 on_message: Optional[Callable[[str, bytes, object, bool], None]] = None,
                  on_connected: Optional[Callable[[], None]] = None):
         self.cfg = cfg
         self.base = f"{cfg.topic_prefix}/{device_id}"
@@ -86,8 +101,12 @@ class MqttLink:
         # paho's own queue is left unbounded; we bound what we hand it (see _send) so that replies and errors are
         # never refused while bulk detections are.
         self.client.max_inflight_messages_set(100)
-        self.pending = 0  # QoS>0 messages handed to paho and not yet acknowledged
-        self.client.on_publish = self._on_publish
+        # QoS>0 messages handed to paho and not yet acknowledged, in two budgets of outbox_size each: command
+        # answers (a command flood) must never use up the room of detections and targets, nor the reverse
+        self._unacked: deque = deque()
+        self._unacked_control: deque = deque()
+        self._unacked_lock = threading.Lock()
+        self.drop_log = RateLimitedLog(log)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
         if cfg.tls or cfg.tls_ca_certs:
@@ -118,30 +137,66 @@ class MqttLink:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def publish(self, suffix: str, payload, qos: int = 0, retain: bool = False, droppable: bool = True) -> None:
-        msg = Outgoing(self.topic(suffix), encode(payload), qos, retain, droppable)
+    def publish(self, suffix: str, payload, qos: int = 0, retain: bool = False, droppable: bool = True,
+                control: bool = False) -> None:
+        msg = Outgoing(self.topic(suffix), encode(payload), qos, retain, droppable and not control, control,
+                       suffix.split("/", 1)[0])
         if not self.connected.is_set():
-            self.outbox.add(msg)
+            self._queue(msg)
             return
         self._send(msg)
 
+    def _queue(self, msg: Outgoing) -> None:
+        victim = self.outbox.add(msg)
+        if victim is not None:
+            self.drop_log.warning("mqtt: outbox full (%d) while the broker is away: dropped a %s message",
+                                  self.outbox.size, victim.kind)
+
+    def _drop(self, msg: Outgoing, why: str) -> None:
+        self.outbox.count_drop(msg)
+        self.drop_log.warning("mqtt: dropped a %s message: %s (%d dropped so far: %s)", msg.kind, why,
+                              self.outbox.dropped, self.outbox.dropped_by)
+
+    @staticmethod
+    def _still_unacked(infos: deque) -> int:
+        # acknowledgements come back in publish order: trim the acknowledged head, count the rest
+        while infos and infos[0].is_published():
+            infos.popleft()
+        return len(infos)
+
+    @property
+    def pending(self) -> int:
+        """QoS>0 detections/targets/status messages not yet acknowledged by the broker."""
+        with self._unacked_lock:
+            return self._still_unacked(self._unacked)
+
+    @property
+    def control_pending(self) -> int:
+        """QoS>0 command answers not yet acknowledged by the broker."""
+        with self._unacked_lock:
+            return self._still_unacked(self._unacked_control)
+
     def _send(self, msg: Outgoing) -> None:
+        if msg.control and self.control_pending >= self.cfg.outbox_size:
+            self._drop(msg, f"over {self.cfg.outbox_size} command answers unacknowledged (a command flood?)")
+            return
         if msg.droppable and self.pending >= self.cfg.outbox_size:
-            self.outbox.dropped += 1  # the broker is not keeping up: shed detections, keep the rest
+            self._drop(msg, "the broker is not keeping up")  # shed detections, keep the rest
             return
         info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             self.published += 1
             if msg.qos:
-                self.pending += 1
+                with self._unacked_lock:
+                    (self._unacked_control if msg.control else self._unacked).append(info)
         elif info.rc == mqtt.MQTT_ERR_NO_CONN:
-            self.outbox.add(msg)
+            self._queue(msg)
         else:
-            self.outbox.dropped += 1
+            self._drop(msg, f"the MQTT client refused it ({mqtt.error_string(info.rc)})")
 
     def reply(self, suffix: str, payload: dict, request_properties=None) -> None:
         """Answer a command on <base>/<suffix>, and also on the MQTT v5 response topic when the request named one."""
-        self.publish(suffix, payload, qos=1, droppable=False)
+        self.publish(suffix, payload, qos=1, control=True)
         response_topic = getattr(request_properties, "ResponseTopic", None) if request_properties else None
         if response_topic and self.connected.is_set():
             from paho.mqtt.packettypes import PacketTypes
@@ -161,10 +216,6 @@ class MqttLink:
                 self.client.subscribe(topic, qos=1)
 
     # paho callbacks run on paho's network thread
-    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
-        if self.pending > 0:
-            self.pending -= 1
-
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
             log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
@@ -192,12 +243,16 @@ class MqttLink:
             self.disconnects += 1
             log.warning("mqtt: lost the broker (%s); reconnecting in the background", reason_code)
         self.connected.clear()
-        self.pending = 0  # paho re-sends or drops in-flight messages itself on reconnect
+        with self._unacked_lock:  # paho re-sends or drops in-flight messages itself on reconnect
+            self._unacked.clear()
+            self._unacked_control.clear()
 
     def _on_message(self, client, userdata, message):
         if self.on_message_cb is None:
             return
         try:
-            self.on_message_cb(message.topic, message.payload, getattr(message, "properties", None))
+            # the retain flag is set only on messages the broker replays at subscribe time (stored state, not news)
+            self.on_message_cb(message.topic, message.payload, getattr(message, "properties", None),
+                               bool(message.retain))
         except Exception:
             log.exception("mqtt: handling a message on %s failed", message.topic)

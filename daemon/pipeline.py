@@ -52,6 +52,8 @@ class Daemon:
         self.config_path = Path(config_path) if config_path else None
         self.stop_event = threading.Event()
         self.paused = threading.Event()
+        self.paused_by: Optional[dict] = None  # which command paused it, when, and the reason it gave
+        self.model_error = ""  # why the configured model could not be loaded, while it cannot
         self.detector: Optional[Detector] = None
         self.detector_lock = threading.Lock()
         self.frames = LatestSlot[Frame]()
@@ -123,7 +125,13 @@ class Daemon:
             self.report_error("tracking", f"tracking and targets off: {exc}", key="tracking.enabled")
             return None
 
-    def _on_message(self, topic: str, payload: bytes, properties=None) -> None:
+    def _on_message(self, topic: str, payload: bytes, properties=None, retained: bool = False) -> None:
+        if retained:
+            # a retained command would replay at every start (a daemon that always comes up paused, a pick
+            # re-reported): a command is an event, not a state, so stored ones are refused and said so
+            self.report_error("command", f"{topic}: ignored a retained message (commands are events, not state; "
+                                         f"clear it with: mosquitto_pub -r -n -t '{topic}')", control=True)
+            return
         if topic.startswith(self.link.topic("arm/")):
             self._on_arm(topic, payload)
         else:
@@ -134,19 +142,19 @@ class Daemon:
         action = topic.rsplit("/", 1)[-1]
         if action not in ("claim", "picked", "failed"):
             return
+        from daemon.commands import CommandError, parse_request
+
         try:
-            body = json.loads(payload.decode("utf-8"))
-            if not isinstance(body, dict):
-                raise ValueError("payload must be a JSON object like {\"track_id\": 17}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            reply = {"ok": False, "error": f"malformed request: {exc}"}
+            body = parse_request(payload)
+        except CommandError as exc:
+            reply = {"ok": False, "error": f'{exc} (expected a JSON object like {{"track_id": 17}})'}
             body = {}
         else:
             reply = (self.harvest.arm_event(action, body.get("track_id")) if self.harvest
                      else {"ok": False, "error": "targets are off (tracking unavailable)"})
         if "id" in body:
             reply["id"] = body["id"]
-        self.link.publish(f"arm/{action}/result", reply, qos=1, droppable=False)
+        self.link.reply(f"arm/{action}/result", reply)
 
     def _start_web(self) -> None:
         from daemon.web import WebServer
@@ -189,14 +197,18 @@ class Daemon:
             detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
                                      imgsz=cfg.model.imgsz, allow_rejected=cfg.model.allow_rejected)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+            self.model_error = f"{cfg.model.path}: {exc}"
             key = "model.imgsz" if isinstance(exc, SizeNotFound) else "model.path"
-            self.report_error("model", f"{cfg.model.path}: {exc}", key=key)
+            self.report_error("model", self.model_error, key=key)
             return False
         finally:
             for message in options.extra.pop("state_problems", []):  # engine caches set aside while loading
                 self.report_error("state", message)
+        self.model_error = ""
         for attempt in detector.attempts:
             self.report_error("model", f"fell back past {attempt}", key="runtime.backend")
+        for problem in detector.bundle.problems:
+            self.report_error("model", problem, key="model.path")
         with self.detector_lock:
             old, self.detector = self.detector, detector
         if old is not None:
@@ -286,14 +298,15 @@ class Daemon:
         """Hook for extensions (service heartbeat, trackers)."""
 
     # ---- reporting ----------------------------------------------------------------------------------------------
-    def report_error(self, source: str, message: str, key: Optional[str] = None) -> None:
+    def report_error(self, source: str, message: str, key: Optional[str] = None, control: bool = False) -> None:
+        """Log and publish on `errors`; control=True for errors answering a command (the command budget)."""
         self.errors_total += 1
         log.error("%s: %s", source, message)
         if self.link:
             body = {"source": source, "message": message, "at": round(time.time(), 3)}
             if key:
                 body["key"] = key
-            self.link.publish("errors", body, qos=1, droppable=False)
+            self.link.publish("errors", body, qos=1, droppable=False, control=control)
 
     def stats_payload(self) -> dict:
         detector = self.detector
@@ -317,8 +330,10 @@ class Daemon:
             "device": detector.runtime.device if detector else None,
             "model": {"name": detector.bundle.name, "version": detector.bundle.version} if detector else None,
             "paused": self.paused.is_set(),
+            "paused_by": self.paused_by if self.paused.is_set() else None,
             "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
-                     "outbox_dropped": self.link.outbox.dropped} if self.link else None,
+                     "outbox_dropped": self.link.outbox.dropped, "dropped": dict(self.link.outbox.dropped_by)}
+            if self.link else None,
             "errors": self.errors_total,
             "targets": self.harvest.counts() if self.harvest else None,
             "rss_mb": round(mem.rss / 2**20, 1),
@@ -342,6 +357,28 @@ class Daemon:
         if time.monotonic() - self.last_frame_done < limit or self.paused.is_set() or self.detector is None:
             return True
         return bool(self.capture and self.capture.state in ("reconnecting", "ended", "starting"))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether detections are being produced now, and if not why: for /healthz, a load balancer, an operator.
+
+        Unlike healthy() (the watchdog's question: is something hung?), a handled wait is still not ready.
+        """
+        if self.detector is None:
+            return False, f"no loadable model: {self.model_error or 'loading'}"
+        if self.paused.is_set():
+            by = self.paused_by or {}
+            why = f" ({by['reason']})" if by.get("reason") else ""
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(by["at"])) if by.get("at") else "?"
+            return False, f"paused by {by.get('command', 'a command')} at {at}{why}"
+        capture = self.capture
+        if capture is None or capture.state != "running":
+            state = capture.state if capture else "none"
+            return False, f"camera {state}" + (f": {capture.last_error}" if capture and capture.last_error else "")
+        if not self.healthy():
+            return False, f"no frame processed for {time.monotonic() - self.last_frame_done:.0f} s"
+        if self.first_publish_at is None:
+            return False, "starting: no frame processed yet"
+        return True, ""
 
     def _housekeeping_loop(self) -> None:
         while not self.stop_event.wait(0.5):

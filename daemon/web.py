@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from daemon.config import HttpConfig
+from daemon.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from daemon.pipeline import Daemon
@@ -139,11 +140,14 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 age = time.monotonic() - daemon.last_frame_done
-                healthy = daemon.healthy()
-                body = {"ok": healthy, "last_frame_age_s": round(age, 2), "fps": round(daemon.stages.fps(), 2),
+                ready, reason = daemon.readiness()
+                # ok/ready: detections are being produced; watchdog_ok: nothing is hung (a handled wait is fine)
+                body = {"ok": ready, "ready": ready, "reason": reason, "watchdog_ok": daemon.healthy(),
+                        "paused": daemon.paused.is_set(), "last_frame_age_s": round(age, 2),
+                        "fps": round(daemon.stages.fps(), 2),
                         "camera": daemon.capture.state if daemon.capture else None,
                         "backend": daemon.detector.backend if daemon.detector else None}
-                self._send(200 if healthy else 503, json.dumps(body).encode(), "application/json")
+                self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
             elif path == "/stream.mjpg":
                 self._stream()
             else:
@@ -168,7 +172,7 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
                     seen = seq
                     self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                                      .encode() + jpeg + b"\r\n")
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):  # gone, or stopped reading
                 pass
             finally:
                 with live.cond:
@@ -177,13 +181,52 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
     return Handler
 
 
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: more are answered 503 and closed at accept, so
+    idle or hostile clients cannot pile up threads (each handler also times out; see make_handler's timeout)."""
+
+    daemon_threads = True
+    request_queue_size = 64  # a burst of connects waits in the kernel's backlog, not in SYN retries
+
+    def __init__(self, address, handler, max_connections: int):
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        self.refusal_log = RateLimitedLog(log)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.refusal_log.warning("http: %d connections open (http.max_connections); refused %s",
+                                     self.max_connections, client_address[0])
+            try:
+                request.settimeout(0.5)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class WebServer:
     def __init__(self, daemon: Daemon, cfg: HttpConfig, metrics: Metrics):
         self.live = LiveView(cfg)
         handler = make_handler(daemon, self.live, metrics)
         handler.token = cfg.token()
-        self.server = ThreadingHTTPServer((cfg.host, cfg.port), handler)
-        self.server.daemon_threads = True
+        handler.timeout = cfg.idle_timeout_s  # socket timeout: an idle keep-alive or a stalled client is closed
+        self.server = BoundedHTTPServer((cfg.host, cfg.port), handler, cfg.max_connections)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     def start(self) -> None:

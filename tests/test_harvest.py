@@ -137,3 +137,27 @@ def test_scene_cut_restarts_tracks_with_fresh_ids():
     for i in range(6, 12):
         ids, _ = h.update([RIPE], i * 0.1, i, image=bright)
     assert ids[0] > first and h.counts()["scene_cuts"] == 1
+
+
+def test_failed_after_picked_is_refused_and_never_reannounced():
+    h = harvest(picked_window_s=60)
+    _, ids = play(h, 5)
+    tid = ids[0]
+    assert h.arm_event("claim", tid, now=0.5)["ok"]
+    assert h.arm_event("picked", tid, now=0.6) == {"ok": True, "track_id": tid, "state": "picked", "claimed": True}
+    late = h.arm_event("failed", tid, now=0.7)
+    assert late["ok"] is False and "already reported picked" in late["error"] and late["state"] == "picked"
+    assert h.arm_event("picked", tid, now=0.75)["duplicate"] is True  # a redelivered picked: same answer
+    msgs, _ = play(h, 10, start=0.8)
+    assert not [m for m in msgs if m["state"] == "available" and m["track_id"] == tid]
+    play(h, 20, start=1.8, dets=(GREEN,))  # the track ends; a late failed is still refused, not "unknown"
+    assert "already reported picked" in h.arm_event("failed", tid, now=4.0)["error"]
+
+
+def test_picked_without_claim_is_accepted_and_says_so():
+    h = harvest()
+    _, ids = play(h, 5)
+    reply = h.arm_event("picked", ids[0], now=0.5)
+    assert reply["ok"] is True and reply["claimed"] is False
+    msgs, _ = play(h, 10, start=0.6)
+    assert not [m for m in msgs if m["state"] == "available" and m["track_id"] == ids[0]]

@@ -53,3 +53,18 @@ def test_dead_broker_never_blocks_and_outbox_is_delivered_later(tmp_path, subscr
     finally:
         link.stop()
         broker.stop()
+
+
+def test_rate_limited_log_says_once_then_counts_what_it_held_back(caplog):
+    import logging
+
+    from daemon.ratelimit import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("ripeye-test"), interval_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="ripeye-test"):
+        for i in range(100):
+            limited.warning("dropped %d", i)
+        time.sleep(0.25)
+        limited.warning("dropped %d", 100)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["dropped 0", "dropped 100 (99 more like this in the last 0.2 s)"]

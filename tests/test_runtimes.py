@@ -95,3 +95,18 @@ def test_shipped_artifacts_agree_with_the_onnx(model_dir, tensor, backend, preci
     assert confident.sum() > 0
     assert np.abs(out[0, :4, confident] - ref[0, :4, confident]).max() < tolerance
     assert np.abs(out[0, 4:, confident] - ref[0, 4:, confident]).max() < 0.15
+
+
+def test_openvino_load_error_keeps_the_reason(tmp_path):
+    """OpenVINO puts source locations first ("Exception from src/...cpp:84:"); the reason must survive."""
+    xml = tmp_path / "model.xml"
+    # a port without its mandatory precision attribute: read_model rejects it with a specific reason
+    xml.write_text('<?xml version="1.0"?><net name="x" version="11"><layers><layer id="0" name="in" type="Parameter" '
+                   'version="opset1"><data shape="1,3,8,8" element_type="f32"/><output><port id="0"><dim>1</dim>'
+                   '<dim>3</dim><dim>8</dim><dim>8</dim></port></output></layer></layers><edges/></net>')
+    xml.with_suffix(".bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ArtifactError) as info:
+        runtimes.get("openvino")(xml, RuntimeOptions(), "fp32")
+    message = str(info.value)
+    assert str(xml) in message and "missing mandatory attribute: precision" in message, message
+    assert "Exception from" not in message

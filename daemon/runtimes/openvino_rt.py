@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 
 import numpy as np
 
@@ -11,6 +12,16 @@ from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require
 
 os.environ.setdefault("CI", "true")  # OpenVINO's telemetry stays off on devices without network
 import openvino as ov  # noqa: E402
+
+LOCATION_LINE = re.compile(r"(Exception from|Check '.*' failed at) \S+:\d+:")
+
+
+def error_reason(exc: Exception) -> str:
+    """OpenVINO's message without its 'Exception from src/...:84:' / "Check 'x' failed at ...:" location lines, which
+    come first and say nothing about the cause."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    reason = [line for line in lines if line and not LOCATION_LINE.fullmatch(line)]
+    return " ".join(reason) or str(exc).strip()
 
 
 def check_available() -> None:
@@ -48,7 +59,7 @@ class OpenVinoRuntime(Runtime):
             model = core.read_model(str(self.artifact))
             self.compiled = core.compile_model(model, options.device, compile_properties(options, precision))
         except RuntimeError as exc:
-            raise ArtifactError(f"OpenVINO cannot load {self.artifact}: {str(exc).splitlines()[0]}") from None
+            raise ArtifactError(f"OpenVINO cannot load {self.artifact}: {error_reason(exc)}") from None
         self.device = options.device
         self._requests: queue.Queue = queue.Queue()
         for _ in range(max(options.inflight, 1)):
