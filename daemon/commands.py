@@ -12,47 +12,18 @@ import yaml
 
 from daemon import config as config_mod
 from daemon.config import ConfigError
+from daemon.control import CommandError, flag, parse_request
 from daemon.durable import write_durably
+from daemon.vision import annotate
 
 if TYPE_CHECKING:
-    from daemon.pipeline import Daemon
+    from daemon.control import DaemonControl
 
 log = logging.getLogger(__name__)
 
 
-class CommandError(Exception):
-    """A request that cannot be carried out; the message goes back to the caller."""
-
-
-def parse_request(payload: bytes) -> dict:
-    """A command or arm request body as a JSON object (empty = {}); CommandError "malformed request: ..." otherwise."""
-    try:
-        text = payload.decode("utf-8").strip() if payload else ""
-    except UnicodeDecodeError:
-        raise CommandError("malformed request: payload is not UTF-8 text") from None
-    try:
-        parsed = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"malformed request: malformed JSON: {exc.msg} at position {exc.pos}") from None
-    except RecursionError:
-        raise CommandError("malformed request: JSON nested too deeply") from None
-    if not isinstance(parsed, dict):
-        raise CommandError(f"malformed request: payload must be a JSON object, not {type(parsed).__name__}")
-    if isinstance(parsed.get("id"), (dict, list)):
-        raise CommandError('malformed request: "id" must be a string or a number')
-    return parsed
-
-
-def flag(req: dict, key: str, default: bool = False) -> bool:
-    """A boolean request field, strictly: "false" or 0 are errors, not truthy values."""
-    value = req.get(key, default)
-    if not isinstance(value, bool):
-        raise CommandError(f'"{key}" must be true or false (a JSON boolean), not {json.dumps(value)[:40]}')
-    return value
-
-
 class Commands:
-    def __init__(self, daemon: Daemon):
+    def __init__(self, daemon: DaemonControl):
         self.daemon = daemon
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "pause": self.pause, "resume": self.resume, "snapshot": self.snapshot, "set": self.set,
@@ -166,18 +137,3 @@ class Commands:
         self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, control=True)
         return {"frame_id": frame.frame_id, "bytes": int(jpeg.size), "topic": self.daemon.link.topic("snapshot"),
                 "captured_at": round(frame.captured_at, 3)}
-
-
-COLOURS = {"ripe": (40, 40, 230), "half_ripe": (30, 160, 240), "unripe": (60, 190, 60)}
-
-
-def annotate(image, detections, track_ids=None):
-    """Boxes, class, confidence and track id drawn on a BGR image."""
-    for i, d in enumerate(detections):
-        x1, y1, x2, y2 = (int(round(v)) for v in d.box)
-        colour = COLOURS.get(d.class_name, (255, 255, 255))
-        cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        tid = track_ids[i] if track_ids and track_ids[i] is not None else None
-        label = f"{'#' + str(tid) + ' ' if tid is not None else ''}{d.class_name} {d.confidence:.2f}"
-        cv2.putText(image, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    return image

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from daemon.config import CalibrationConfig, TargetsConfig, TrackingConfig
+from daemon.control import CommandError, parse_request
 from daemon.vision import Detection
 
 log = logging.getLogger(__name__)
@@ -302,3 +303,19 @@ class Harvest:
                 states[t.state] = states.get(t.state, 0) + 1
             return {"tracks": len(self.tracks), "announced": self.announced, "withdrawn": self.withdrawn,
                     "scene_cuts": self.scene_cuts, **states}
+
+
+ARM_ACTIONS = ("claim", "picked", "failed")
+
+
+def arm_request(harvest: Optional[Harvest], action: str, payload: bytes) -> dict:
+    """One arm message (arm/<action>, body {"track_id": N, "id"?: …}) → the body of its arm/<action>/result."""
+    try:
+        body = parse_request(payload)
+    except CommandError as exc:
+        return {"ok": False, "error": f'{exc} (expected a JSON object like {{"track_id": 17}})'}
+    reply = (harvest.arm_event(action, body.get("track_id")) if harvest
+             else {"ok": False, "error": "targets are off (tracking unavailable)"})
+    if "id" in body:
+        reply["id"] = body["id"]
+    return reply

@@ -138,23 +138,12 @@ class Daemon:
             self.commands.handle(topic, payload, properties)
 
     def _on_arm(self, topic: str, payload: bytes) -> None:
-        """claim / picked / failed from the arm, each acknowledged on arm/<action>/result."""
-        action = topic.rsplit("/", 1)[-1]
-        if action not in ("claim", "picked", "failed"):
-            return
-        from daemon.commands import CommandError, parse_request
+        """claim / picked / failed from the arm (harvest.py), each acknowledged on arm/<action>/result."""
+        from daemon.harvest import ARM_ACTIONS, arm_request
 
-        try:
-            body = parse_request(payload)
-        except CommandError as exc:
-            reply = {"ok": False, "error": f'{exc} (expected a JSON object like {{"track_id": 17}})'}
-            body = {}
-        else:
-            reply = (self.harvest.arm_event(action, body.get("track_id")) if self.harvest
-                     else {"ok": False, "error": "targets are off (tracking unavailable)"})
-        if "id" in body:
-            reply["id"] = body["id"]
-        self.link.reply(f"arm/{action}/result", reply)
+        action = topic.rsplit("/", 1)[-1]
+        if action in ARM_ACTIONS:
+            self.link.reply(f"arm/{action}/result", arm_request(self.harvest, action, payload))
 
     def _start_web(self) -> None:
         from daemon.web import WebServer
@@ -357,6 +346,15 @@ class Daemon:
         if time.monotonic() - self.last_frame_done < limit or self.paused.is_set() or self.detector is None:
             return True
         return bool(self.capture and self.capture.state in ("reconnecting", "ended", "starting"))
+
+    def health(self) -> tuple[bool, dict]:
+        """The /healthz answer: ok/ready when detections are being produced; watchdog_ok when nothing is hung."""
+        ready, reason = self.readiness()
+        return ready, {"ok": ready, "ready": ready, "reason": reason, "watchdog_ok": self.healthy(),
+                       "paused": self.paused.is_set(),
+                       "last_frame_age_s": round(time.monotonic() - self.last_frame_done, 2),
+                       "fps": round(self.stages.fps(), 2), "camera": self.capture.state if self.capture else None,
+                       "backend": self.detector.backend if self.detector else None}
 
     def readiness(self) -> tuple[bool, str]:
         """Whether detections are being produced now, and if not why: for /healthz, a load balancer, an operator.

@@ -19,7 +19,7 @@ from daemon.config import HttpConfig
 from daemon.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
-    from daemon.pipeline import Daemon
+    from daemon.control import LiveViewSource
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class LiveView:
         return self.watchers > 0 and time.monotonic() - self.last_encoded >= 1.0 / self.cfg.stream_fps
 
     def offer(self, image, detections, track_ids, fps: float) -> None:
-        from daemon.commands import annotate
+        from daemon.vision import annotate
 
         self.last_encoded = time.monotonic()
         img = annotate(image.copy(), detections, track_ids)
@@ -100,7 +100,7 @@ def token_offered(authorization: str) -> str:
     return ""
 
 
-def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
+def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics):
     class Handler(BaseHTTPRequestHandler):
         server_version = "ripeye"
         token: Optional[str] = None  # set by WebServer from http.token_file
@@ -139,14 +139,7 @@ def make_handler(daemon: Daemon, live: LiveView, metrics: Metrics):
                 daemon.refresh_metrics()
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                age = time.monotonic() - daemon.last_frame_done
-                ready, reason = daemon.readiness()
-                # ok/ready: detections are being produced; watchdog_ok: nothing is hung (a handled wait is fine)
-                body = {"ok": ready, "ready": ready, "reason": reason, "watchdog_ok": daemon.healthy(),
-                        "paused": daemon.paused.is_set(), "last_frame_age_s": round(age, 2),
-                        "fps": round(daemon.stages.fps(), 2),
-                        "camera": daemon.capture.state if daemon.capture else None,
-                        "backend": daemon.detector.backend if daemon.detector else None}
+                ready, body = daemon.health()
                 self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
             elif path == "/stream.mjpg":
                 self._stream()
@@ -221,7 +214,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 
 class WebServer:
-    def __init__(self, daemon: Daemon, cfg: HttpConfig, metrics: Metrics):
+    def __init__(self, daemon: LiveViewSource, cfg: HttpConfig, metrics: Metrics):
         self.live = LiveView(cfg)
         handler = make_handler(daemon, self.live, metrics)
         handler.token = cfg.token()

@@ -66,3 +66,16 @@ def test_locate_writes_positions_beside_their_detections_only_with_depth():
         else:
             x, y, z = body[0]["xyz_mm"]
             assert abs(z - 800) < 1 and abs(x - (120 - 320) / 600 * 800) < 2 and abs(y - (120 - 240) / 600 * 800) < 2
+
+
+def test_commands_web_and_harvest_do_not_import_the_pipeline():
+    """They talk to the narrow interfaces in daemon/control.py: no import circle through pipeline.py."""
+    import ast
+
+    from tests.conftest import REPO
+
+    for name in ("commands", "web", "harvest", "output", "control"):
+        tree = ast.parse((REPO / "daemon" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "daemon.pipeline" not in imported, name

@@ -78,7 +78,7 @@ def test_page_in_headless_chromium_shows_stream_with_boxes(web_daemon, tmp_path)
     assert lit > 0.3, f"stream not visible (lit fraction {lit:.2f})"
     # Boxes are straight runs of the annotation colours: keep pixels near those colours, then only horizontal
     # segments ≥ 25 px long (fruit edges are curved and not one flat colour).
-    from daemon.commands import COLOURS
+    from daemon.vision import COLOURS
 
     near = np.zeros(img.shape[:2], np.uint8)
     for bgr in COLOURS.values():
