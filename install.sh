@@ -128,6 +128,19 @@ ensure_venv_module() {
   apt_install "python3 -m venv needs it" "python$ver-venv"
 }
 
+# CUDA on a Jetson opens /dev/nvmap (a misc device, so no class to allow) and, on JetPack 6, /dev/nvgpu/*/* (whose
+# class name is not stable): allow the nodes this board has, by path.
+write_jetson_dropin() {  # $1 = drop-in directory
+  local node lines=""
+  for node in "$hw_root"/dev/nvmap "$hw_root"/dev/nvgpu/*/* "$hw_root"/dev/nvhost-*; do
+    [ -e "$node" ] && lines+="DeviceAllow=${node#"$hw_root"} rw"$'\n'
+  done
+  mkdir -p "$1"
+  printf '# Written by install.sh for this Jetson: the GPU nodes CUDA and TensorRT open.\n[Service]\n%s' \
+    "$lines" > "$1/jetson.conf"
+  log "installed $1/jetson.conf ($(printf '%s' "$lines" | grep -c DeviceAllow) GPU device nodes)"
+}
+
 # The numpy that apt's packages were built against (picamera2's simplejpeg and libcamera bindings on a Pi,
 # JetPack's OpenCV on a Jetson): a newer numpy from pip in the venv breaks them at import ("numpy.dtype size
 # changed"). Such venvs see the system packages and pin numpy to the system's version with a pip constraint.
@@ -181,6 +194,7 @@ if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/s
 if [ "$uninstall" = 1 ]; then
   if [ "$systemd_ok" = 1 ]; then systemctl disable --now ripeye.service 2>/dev/null || true; fi
   rm -f "$unit_dir/ripeye.service"
+  rm -rf "$unit_dir/ripeye.service.d"
   rm -rf "$dest" "$state" "$cache"
   if [ "$purge" = 1 ]; then rm -rf "$etc"; fi
   if [ -z "$root" ] && id ripeye >/dev/null 2>&1; then userdel ripeye 2>/dev/null || true; fi
@@ -244,6 +258,7 @@ else
   log "kept existing $etc/ripeye.yaml"
 fi
 sed "s#/opt/ripeye#$prefix#g" "$here/systemd/ripeye.service" > "$unit_dir/ripeye.service"
+if [ "$board" = jetson ]; then write_jetson_dropin "$unit_dir/ripeye.service.d"; fi
 if [ -z "$root" ]; then
   id ripeye >/dev/null 2>&1 || useradd --system --home-dir /var/lib/ripeye --shell /usr/sbin/nologin ripeye
   # video: V4L2 and CSI cameras (and Jetson's /dev/nv*); render: the GPU's render nodes.

@@ -93,6 +93,11 @@ def test_jetson_uses_jetpack_opencv_and_the_given_index(fake_board):
     installs = _pip_installs(calls)
     assert "--extra-index-url https://example.invalid/jp6/cu126" in installs[0] and "[jetson,tracking]" in installs[0]
     assert "-m pip uninstall -y opencv-python-headless" in calls
+    # the unit's drop-in allows this board's CUDA nodes by path (fixture: an Orin Nano's /dev)
+    dropin = (fake_board.root / "etc/systemd/system/ripeye.service.d/jetson.conf").read_text()
+    assert "[Service]" in dropin
+    for node in ("/dev/nvmap", "/dev/nvgpu/igpu0/ctrl", "/dev/nvgpu/igpu0/channel"):
+        assert f"DeviceAllow={node} rw" in dropin.splitlines(), node
 
 
 def test_jetson_without_an_index_says_where_onnxruntime_gpu_comes_from(fake_board):
@@ -108,6 +113,7 @@ def test_empty_nv_tegra_release_is_not_a_jetson_in_install_sh_or_hardware(fake_b
                              RIPEYE_HW_ROOT=str(board))
     assert "board: arm; runtime extra: ncnn" in r.stdout
     assert "--system-site-packages" not in calls
+    assert not (fake_board.root / "etc/systemd/system/ripeye.service.d").exists()
     from daemon.hardware import classify, probe
 
     assert classify(probe(str(board), machine="aarch64", check_runtimes=False)).kind == "arm"
