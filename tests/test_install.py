@@ -22,6 +22,7 @@ if [ "$1" = -c ]; then
     *"import numpy"*) [ -n "${FAKE_SYSTEM_NUMPY:-}" ] && echo "$FAKE_SYSTEM_NUMPY" && exit 0; exit 1 ;;
     *"import picamera2"*) exit 1 ;;
     *"import cv2"*) [ -n "${FAKE_CV2:-}" ]; exit ;;
+    *"import ensurepip"*) [ -z "${FAKE_NO_VENV_MODULE:-}" ]; exit ;;
     *"version_info < (3, 9)"*) [ -z "${FAKE_OLD_PYTHON:-}" ]; exit ;;
     *"version_info[:2]"*) echo "${FAKE_OLD_PYTHON:-3.11}"; exit 0 ;;
     *) exit 0 ;;
@@ -165,3 +166,10 @@ def test_dev_installs_the_one_apt_list_that_ci_uses(fake_board):
         assert f" {pkg}" in apt, pkg
     ci = (REPO / ".ci" / "run").read_text()
     assert "./install.sh --dev" in ci and "apt-get" not in ci  # CI has no list of its own
+
+
+def test_missing_venv_module_is_installed_from_apt(fake_board):
+    r, calls, _ = fake_board("intel-pc", "x86_64", "--dev", RIPEYE_DEV_VENV=str(fake_board.root / "venv"),
+                             FAKE_NO_VENV_MODULE="1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(c.startswith("apt-get") and c.endswith(" python3.11-venv") for c in calls.splitlines()), calls
