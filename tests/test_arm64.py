@@ -78,7 +78,7 @@ def test_pi_service_install_imports_picamera2_and_ncnn_matches_x86(tmp_path):
     src = tmp_path / "in" / "src"
     src.mkdir(parents=True)
     subprocess.run(f"tar -C {REPO} --exclude=__pycache__ -cf - daemon models config pyproject.toml README.md "
-                   f"install.sh .ci | tar -C {src} -xf -", shell=True, check=True)
+                   f"install.sh .ci systemd | tar -C {src} -xf -", shell=True, check=True)
     photos = tmp_path / "in" / "photos"
     photos.mkdir()
     video = cv2.VideoCapture(str(SAMPLE_CLIP))
