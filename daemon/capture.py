@@ -317,28 +317,37 @@ class RealSenseSource(Source):
             self.pipeline = None
 
 
-def pi_camera_present() -> bool:
+def pi_camera_status() -> str:
+    """'ok' when picamera2 imports and sees a camera, else why not (shown by `ripeye doctor` and on `errors`)."""
     try:
         from picamera2 import Picamera2
-    except ImportError:
-        return False
+    except ImportError as exc:
+        return f"picamera2 does not import ({exc})"
     try:
-        return bool(Picamera2.global_camera_info())
-    except Exception:
-        return False
+        return "ok" if Picamera2.global_camera_info() else "picamera2 imports but libcamera sees no camera"
+    except Exception as exc:  # libcamera's own errors are plain RuntimeErrors
+        return f"libcamera failed: {exc}"
 
 
 def resolve_auto(cfg: SourceConfig) -> str:
-    """auto → the Pi camera if present, else the first /dev/video* that opens, else the bundled sample clip."""
-    if pi_camera_present():
+    """auto → the Pi camera if present, else the first /dev/video* that opens.
+
+    Never the bundled sample clip: a service that cannot see its camera must publish nothing and say so (the
+    capture thread reports this error and keeps looking with backoff), not send the demo video's tomatoes to an arm.
+    The clip is for `ripeye demo` and an explicit `source.uri: sample`.
+    """
+    pi_status = pi_camera_status()
+    if pi_status == "ok":
         return "picamera2"
-    for dev in sorted(glob.glob("/dev/video*"), key=lambda d: int("".join(c for c in d if c.isdigit()) or 0)):
+    devices = sorted(glob.glob("/dev/video*"), key=lambda d: int("".join(c for c in d if c.isdigit()) or 0))
+    for dev in devices:
         cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
         ok = cap.isOpened() and cap.read()[0]
         cap.release()
         if ok:
             return dev
-    return str(SAMPLE_CLIP)
+    raise SourceError("no camera found for source.uri auto: " + pi_status + "; "
+                      + (f"none of {', '.join(devices)} delivers frames" if devices else "no /dev/video* device"))
 
 
 def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:

@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="show hardware, backends, artifacts and the choice made")
     doc.add_argument("--config", "-c", default=None)
     doc.add_argument("--json", action="store_true")
+    doc.add_argument("--strict", action="store_true", help="exit non-zero when there is any warning")
     doc.set_defaults(func=cmd_doctor)
 
     cfg = sub.add_parser("config", help="config tools")

@@ -105,6 +105,12 @@ def load_detector(model_path: str | Path, backend: str = "auto", precision: str 
         winner = tune.cached_winner(Path(options.cache_dir).expanduser(), bundle)
         measured_precision = winner["precision"] if winner else None
     attempts: list[str] = []
+    if backend == "measured" and measured_precision is None:
+        from daemon import tune
+
+        # Said on `errors` by the daemon: a silent fallback hides a tune run made for other hardware or model.
+        attempts.append(f"measured: no `ripeye tune` result in {tune.cache_file(Path(options.cache_dir))} for "
+                        f"{tune.cache_key(bundle)}; using the automatic order")
     for i, name in enumerate(chain):
         try:
             cls = runtimes.get(name)

@@ -10,15 +10,53 @@ from daemon.hardware import classify, cpu_temperature, probe
 from daemon.model import load_bundle
 
 
-def report(cfg) -> dict:
-    facts = probe()
+def opencv_has_gstreamer() -> bool:
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return line.split(":", 1)[1].strip().upper().startswith("YES")
+    return False
+
+
+def board_warnings(cfg, profile, facts) -> tuple[dict, list[str]]:
+    """Camera stack facts and what would not work on this board as configured."""
+    from daemon.capture import pi_camera_status
+
+    uri = cfg.source.uri.strip()
+    camera = {"picamera2": pi_camera_status()}
+    warnings = []
+    wants_pi_camera = uri == "auto" or uri.startswith("picamera2")
+    if profile.kind == "raspberry-pi" and camera["picamera2"] != "ok" and wants_pi_camera:
+        warnings.append(f"the Pi camera is not usable: {camera['picamera2']} (Raspberry Pi OS ships picamera2 and "
+                        "libcamera as apt's python3-picamera2; the venv must see the system site-packages)")
+    if "!" in uri:
+        camera["opencv_gstreamer"] = opencv_has_gstreamer()
+        if not camera["opencv_gstreamer"]:
+            import cv2
+
+            warnings.append(f"source.uri is a GStreamer pipeline but the OpenCV in use ({cv2.__file__}) is built "
+                            "without GStreamer" + (" (use JetPack's OpenCV: see README, Jetson)"
+                                                   if profile.kind == "jetson" else ""))
+    if profile.kind == "jetson" and "TensorrtExecutionProvider" not in facts.ort_providers:
+        have = ", ".join(facts.ort_providers) or f"onnxruntime {facts.runtimes.get('onnxruntime', 'not installed')}"
+        warnings.append(f"inference runs on the CPU: onnxruntime has no TensorRT provider ({have}); install NVIDIA's "
+                        "Jetson onnxruntime-gpu (./install.sh --service --extra-index-url URL, see README, Jetson)")
+    return camera, warnings
+
+
+def report(cfg, facts=None) -> dict:
+    facts = facts or probe()
     profile = classify(facts)
+    camera, warnings = board_warnings(cfg, profile, facts)
     out = {
         "hardware": {"kind": profile.kind, "description": profile.description, "machine": facts.machine,
                      "cpu_temperature_c": cpu_temperature()},
         "runtimes": facts.runtimes,
         "onnxruntime_providers": facts.ort_providers,
         "model": {"path": cfg.model.path},
+        "camera": camera,
+        "warnings": warnings,
     }
     try:
         bundle = load_bundle(cfg.model.path)
@@ -51,16 +89,17 @@ def report(cfg) -> dict:
     return out
 
 
-def main(args) -> int:
+def main(args, facts=None) -> int:
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
         print(str(exc))
         return 2
-    rep = report(cfg)
+    rep = report(cfg, facts)
+    strict_failure = bool(getattr(args, "strict", False) and rep["warnings"])
     if args.json:
         print(json.dumps(rep, indent=2))
-        return 0
+        return 1 if strict_failure else 0
     hw = rep["hardware"]
     print(f"hardware: {hw['kind']} — {hw['description']} ({hw['machine']})"
           + (f", CPU {hw['cpu_temperature_c']:.0f} °C" if hw["cpu_temperature_c"] is not None else ""))
@@ -87,4 +126,7 @@ def main(args) -> int:
     print(f"  would use: {u['backend']} {u['precision']} {u['artifact']}" if u else "  would use: nothing loadable")
     if rep.get("tune"):
         print(f"tune cache: {rep['tune']}")
-    return 0 if u else 1
+    print(f"camera: picamera2 {rep['camera']['picamera2']}")
+    for warning in rep["warnings"]:
+        print(f"WARNING: {warning}")
+    return 0 if u and not strict_failure else 1

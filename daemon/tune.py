@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -19,8 +18,8 @@ log = logging.getLogger(__name__)
 def hardware_key() -> str:
     from daemon.hardware import classify, probe
 
-    p = classify(probe())
-    return f"{p.kind}:{platform.machine()}:{p.description}"
+    # identity, not the description: the CPU's model name is hidden inside the service's sandbox.
+    return classify(probe(check_runtimes=False)).identity
 
 
 def cache_file(cache_dir: Path) -> Path:

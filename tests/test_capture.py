@@ -132,7 +132,9 @@ def test_picamera2_source_with_fake_module(monkeypatch):
     src.close()
 
 
-def test_auto_without_cameras_is_the_sample_clip(monkeypatch):
+def test_auto_without_cameras_is_an_error_never_the_sample_clip(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import fails like on a PC
     monkeypatch.setattr(capture.glob, "glob", lambda pattern: [])
-    assert capture.resolve_auto(SourceConfig()) == str(SAMPLE_CLIP)
+    with pytest.raises(capture.SourceError, match="no camera found.*picamera2 does not import.*no /dev/video"):
+        capture.resolve_auto(SourceConfig())
+    assert make_source(SourceConfig(uri="sample")).description.endswith(SAMPLE_CLIP.name)

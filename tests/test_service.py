@@ -100,6 +100,15 @@ def test_watchdog_health_rules():
     assert d.healthy()
 
 
+def test_unit_lets_the_boards_cameras_and_gpus_through():
+    """Each device rule is a class or a node (systemd ignores a directory such as /dev/dma_heap), libcamera's
+    dma_heap and the V4L2/media nodes are allowed, and Jetson's argus socket reaches the private /tmp."""
+    rules = re.findall(r"^DeviceAllow=(\S+) (\S+)$", UNIT.read_text(), re.M)
+    assert rules and all(target.startswith(("char-", "block-")) for target, _ in rules), rules
+    assert {t for t, _ in rules} >= {"char-dma_heap", "char-video4linux", "char-media"}
+    assert "BindPaths=-/tmp/argus_socket" in UNIT.read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_install_sh_into_a_staging_root(tmp_path):
     root = tmp_path / "root"
