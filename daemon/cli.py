@@ -182,17 +182,9 @@ def cmd_calibrate(args) -> int:
 
     from daemon.harvest import fit_homography
 
-    pairs: list[dict] = []
-    if args.file:
-        data = yaml.safe_load(Path(args.file).read_text())
-        pairs = data.get("points", data) if isinstance(data, dict) else data
-    for text in args.pair or []:
-        try:
-            px, arm = text.split("=")
-            pairs.append({"pixel": [float(v) for v in px.split(",")], "arm": [float(v) for v in arm.split(",")]})
-        except ValueError:
-            print(f"ripeye calibrate: cannot read pair {text!r} (expected U,V=X,Y)", file=sys.stderr)
-            return 2
+    pairs = _calibration_pairs(args, "points", ("pixel", "arm"), None, "U,V=X,Y")
+    if pairs is None:
+        return 2
     try:
         cal = fit_homography(np.array([p["pixel"] for p in pairs], float), np.array([p["arm"] for p in pairs], float))
     except (ValueError, KeyError, TypeError) as exc:
@@ -207,26 +199,35 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _calibration_pairs(args, file_key: str, keys: tuple[str, str], length, expected: str) -> list | None:
+    """Point pairs from --file (a list, or a mapping holding file_key) and each --pair A=B; None after an error."""
+    import yaml
+
+    pairs: list = []
+    if args.file:
+        data = yaml.safe_load(Path(args.file).read_text())
+        pairs = data.get(file_key, data) if isinstance(data, dict) else data
+    for text in args.pair or []:
+        try:
+            left, right = (list(map(float, side.split(","))) for side in text.split("="))
+            if length and (len(left) != length or len(right) != length):
+                raise ValueError
+        except ValueError:
+            print(f"ripeye calibrate: cannot read pair {text!r} (expected {expected})", file=sys.stderr)
+            return None
+        pairs.append(dict(zip(keys, (left, right))))
+    return pairs
+
+
 def _calibrate_3d(args) -> int:
     """Fit the rigid camera → arm transform from ≥ 3 pairs of 3D points (mm) and print the config snippet."""
     import yaml
 
     from daemon.depth import fit_rigid
 
-    pairs: list[dict] = []
-    if args.file:
-        data = yaml.safe_load(Path(args.file).read_text())
-        pairs = data.get("points_3d", data) if isinstance(data, dict) else data
-    for text in args.pair or []:
-        try:
-            cam, arm = text.split("=")
-            pair = {"camera": [float(v) for v in cam.split(",")], "arm": [float(v) for v in arm.split(",")]}
-            if len(pair["camera"]) != 3 or len(pair["arm"]) != 3:
-                raise ValueError
-            pairs.append(pair)
-        except ValueError:
-            print(f"ripeye calibrate --3d: cannot read pair {text!r} (expected x,y,z=X,Y,Z in mm)", file=sys.stderr)
-            return 2
+    pairs = _calibration_pairs(args, "points_3d", ("camera", "arm"), 3, "x,y,z=X,Y,Z in mm")
+    if pairs is None:
+        return 2
     try:
         fit = fit_rigid([p["camera"] for p in pairs], [p["arm"] for p in pairs])
     except (ValueError, KeyError, TypeError) as exc:
