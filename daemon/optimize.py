@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -400,8 +401,8 @@ def derive_size_variant(root: Path, size: int) -> Path:
         weights = root / "model.pt"
         if not weights.is_file():
             raise FileNotFoundError(f"no {onnx_path} and no {weights} to export it from")
-        try:
-            from ultralytics import YOLO
+        try:  # the train extra, imported only here: optimize itself and the daemon never need torch
+            YOLO = importlib.import_module("ultralytics").YOLO
         except ImportError as exc:
             raise RuntimeError(f"exporting the {size}x{size} ONNX from {weights} needs the train extra "
                                f"(pip install 'ripeye[train]'), or place an ONNX exported at that size in "
