@@ -54,6 +54,9 @@ class Source:
     def read(self) -> np.ndarray:
         raise NotImplementedError
 
+    def _replayed_last(self, frames) -> bool:
+        return self.last_number is not None and self.last_number > 1 and frames.get_frame_number() == self.last_number
+
     def take_depth(self) -> Optional[DepthMap]:
         """The depth that belongs to the image read() returned last; None for sources without depth."""
         return None
@@ -207,6 +210,7 @@ class RealSenseSource(Source):
         self.playback = None
         self.stopped_status = None
         self.delivered = False  # a frame came since open()
+        self.last_number = None  # frame number of the last frameset read (a rewind must not replay it first)
 
     def open(self) -> None:
         try:
@@ -286,8 +290,11 @@ class RealSenseSource(Source):
             # may not have left the stopped state yet, so that counts only once a frame came
             stopped = self.delivered and self.playback.current_status() == self.stopped_status
             ok, frames = self.pipeline.try_wait_for_frames(50)
+            if ok and not self.delivered and self._replayed_last(frames):
+                continue  # seen once after a rewind: the recording's last frame again before its first
             if ok:
                 self.delivered = True
+                self.last_number = frames.get_frame_number()
                 return frames
             if stopped:
                 raise SourceError(f"end of recording {self.path}")
