@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 from daemon.config import Config
@@ -45,11 +46,12 @@ class FrameOutput:
     published_at: float = 0.0
     postprocessed: float = 0.0  # perf_counter when the frame's content was settled (before any sink)
 
-    @property
+    # read by Compose and every sink: built once per frame, after Select has set `keep`
+    @cached_property
     def detections(self) -> list:
         return [self.candidates[i] for i in self.keep]
 
-    @property
+    @cached_property
     def track_ids(self) -> Optional[list]:
         return [self.all_ids[i] for i in self.keep] if self.all_ids is not None else None
 
