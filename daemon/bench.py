@@ -278,8 +278,11 @@ def main(args) -> int:
     results = []
     for size, variant in variants.items():
         for label, backend, kind, precision in wanted:
-            # the .pt takes any input size, so the PyTorch row of a variant uses the main folder's weights
-            path = find_artifact(bundle if kind == "pt" else variant, kind, precision)
+            # the PyTorch row is the variant's own weights when it was trained at its size; otherwise the .pt of the
+            # main folder (it takes any input size: the same weights the variant's ONNX was exported from)
+            path = find_artifact(variant, kind, precision)
+            if path is None and kind == "pt":
+                path = find_artifact(bundle, kind, precision)
             row = {"label": label, "backend": backend, "precision": precision, "imgsz": size}
             tag = f"{label} @{size}"
             if path is None:

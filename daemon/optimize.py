@@ -390,6 +390,16 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
+def trained_at_own_size(folder: Path) -> bool:
+    """Whether a sizes/<N>/ folder holds weights trained for it (model.pt + a training record), not an export of
+    the main folder's weights."""
+    try:
+        meta = json.loads((folder / METADATA).read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / "model.pt").is_file() and "training" in meta and "variant_of" not in meta
+
+
 def derive_size_variant(root: Path, size: int) -> Path:
     """Make <root>/sizes/<size>/ hold a model.onnx exported at size×size from <root>/model.pt, with its metadata.
 
@@ -418,11 +428,17 @@ def derive_size_variant(root: Path, size: int) -> Path:
             exported = YOLO(str(Path(tmp) / "model.pt")).export(format="onnx", imgsz=size, batch=1, dynamic=False,
                                                                  simplify=True, opset=17)
             shutil.copy(exported, onnx_path)
-    meta = json.loads((root / METADATA).read_text()) if (root / METADATA).is_file() else {}
-    # same weights, another input size: the folder two levels up holds the training record and model.pt
-    meta["variant_of"] = {"folder": "../..", "input_size": meta.get("input_size")}
-    meta["input_size"] = [size, size]
-    meta["sources"] = {"model.onnx": sha256_file(onnx_path)}
+    if trained_at_own_size(folder):
+        # weights trained at this size (`ripeye train --imgsz N --export-imgsz N --out <model>/sizes/N`): its own
+        # training record and model.pt stay; only the source hashes are refreshed
+        meta = json.loads((folder / METADATA).read_text())
+        meta["sources"] = {name: sha256_file(folder / name) for name in ("model.pt", "model.onnx")}
+    else:
+        meta = json.loads((root / METADATA).read_text()) if (root / METADATA).is_file() else {}
+        # same weights, another input size: the folder two levels up holds the training record and model.pt
+        meta["variant_of"] = {"folder": "../..", "input_size": meta.get("input_size")}
+        meta["input_size"] = [size, size]
+        meta["sources"] = {"model.onnx": sha256_file(onnx_path)}
     write_durably(folder / METADATA, json.dumps(meta, indent=2) + "\n")
     if (root / "calibration.txt").is_file():
         shutil.copy(root / "calibration.txt", folder / "calibration.txt")

@@ -101,6 +101,32 @@ def test_optimize_imgsz_derives_artifacts_into_the_size_folder(model_dir, tmp_pa
     assert runtimes == ["ncnn", "ncnn", "tensorrt"]
 
 
+def test_a_size_folder_trained_at_its_size_keeps_its_own_training_record(model_dir, tmp_path):
+    """`ripeye train --imgsz 416 --export-imgsz 416 --out <model>/sizes/416` puts weights trained at that size there;
+    optimize --imgsz derives from its ONNX and keeps its metadata (training record, own model.pt hash) instead of
+    marking it an export of the main folder's weights."""
+    folder = tmp_path / "m"
+    size_dir = folder / "sizes" / "320"
+    size_dir.mkdir(parents=True)
+    shutil.copy(model_dir / "metadata.json", folder)
+    shutil.copy(model_dir / "sizes" / "320" / "model.onnx", size_dir)
+    shutil.copy(model_dir / "model.pt", size_dir)  # stands in for weights trained at 320 (only hashed here)
+    own = json.loads((model_dir / "metadata.json").read_text())
+    own.update({"input_size": [320, 320], "training": {**own["training"], "marker": "trained at 320"}})
+    (size_dir / "metadata.json").write_text(json.dumps(own))
+    assert optimize.trained_at_own_size(size_dir)
+    args = Namespace(model=str(folder), out=None, imgsz="320", calib=None, calib_root=None, calib_count=4,
+                     targets="tensorrt", data=None, images=None, class_map=None, max_drop=1.0, eval_limit=None)
+    optimize.optimize_sizes(args)
+    meta = json.loads((size_dir / "metadata.json").read_text())
+    assert "variant_of" not in meta and meta["training"]["marker"] == "trained at 320"
+    assert meta["sources"]["model.pt"] == optimize.sha256_file(size_dir / "model.pt")
+    assert meta["sources"]["model.onnx"] == optimize.sha256_file(size_dir / "model.onnx")
+    # without its own weights the same folder is an export of the main folder's
+    (size_dir / "model.pt").unlink()
+    assert not optimize.trained_at_own_size(size_dir)
+
+
 def test_bench_rows_per_size(tmp_path, model_dir):
     r = subprocess.run([*RIPEYE, "bench", str(model_dir), "--imgsz", "320,640", "--reps", "3", "--warmup", "1",
                         "--n-images", "2", "--inflight", "1", "--only", "openvino fp32", "--out", str(tmp_path)],
