@@ -230,8 +230,10 @@ def export(args) -> Path:
         "training": {
             "dataset": dataset_fingerprint(Path(args.data)),
             "class_map": parse_class_map(args.class_map),
-            "settings": {k: train_args.get(k) for k in ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0",
-                                                       "mosaic", "close_mosaic", "hsv_h", "fliplr")},
+            "settings": {k: train_args.get(k) for k in RECIPE_KEYS},
+            # what Ultralytics' train_args do not hold: the class-balanced sampling and the starting weights
+            "oversample": ({"class": args.oversample, "factor": args.oversample_factor} if args.oversample else None),
+            "init": _init_reference(args.init),
             "train_images_sha256": _annotations_hash(Path(args.data), "train"),
         },
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
@@ -240,6 +242,22 @@ def export(args) -> Path:
     write_durably(out / "metadata.json", json.dumps(meta, indent=2) + "\n")
     print(f"exported {out / 'model.onnx'}")
     return out / "model.onnx"
+
+
+# Ultralytics augmentation hyper-parameters exposed as flags (None keeps Ultralytics' default)
+AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v")
+
+# The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
+RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
+               "close_mosaic", "pretrained") + AUGMENT_KEYS
+
+
+def _init_reference(init: str | None) -> dict | None:
+    """The starting weights by file name and content hash (no machine path)."""
+    if not init:
+        return None
+    path = Path(init)
+    return {"file": path.name, "sha256": sha256(path) if path.is_file() else None}
 
 
 def dataset_fingerprint(root: Path) -> dict:
@@ -268,8 +286,6 @@ def write_calibration_list(args) -> Path:
     return out
 
 
-# Ultralytics augmentation hyper-parameters exposed as flags (None keeps Ultralytics' default)
-AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v")
 
 
 def add_arguments(p) -> None:

@@ -61,3 +61,12 @@ def test_oversampling_repeats_only_training_images_of_the_class(dataset, tmp_pat
     # a later run without oversampling leaves no stale duplicates behind
     train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None))
     assert len(list((ds / "images" / "train").iterdir())) == 309
+
+
+def test_starting_weights_are_recorded_by_name_and_hash_not_path(model_dir):
+    from daemon import train
+
+    ref = train._init_reference(str(model_dir / "model.pt"))
+    assert ref == {"file": "model.pt", "sha256": train.sha256(model_dir / "model.pt")}
+    assert train._init_reference(None) is None
+    assert set(train.AUGMENT_KEYS) <= set(train.RECIPE_KEYS) and "cos_lr" in train.RECIPE_KEYS
