@@ -1,6 +1,7 @@
 """The "which model for my board" table from a `ripeye bench --imgsz …` report plus published per-board figures.
 
-    .venv/bin/python bench/board_table.py bench/results/sizes/bench.json [--out bench/results/sizes/boards.md]
+    .venv/bin/python bench/board_table.py bench/results/sizes/bench.json [--out bench/results/sizes/boards.md] \
+        [--set-default models/tomato-yolo11n]
 
 Measured columns come from the report (this machine). Board columns are PROJECTIONS, not measurements:
   - Raspberry Pi 5: Ultralytics' published YOLO11n 640 FP32 latency on a Pi 5 (NCNN 88.0 ms, OpenVINO 81.2 ms)
@@ -35,7 +36,8 @@ def default_size(report: dict, label: str) -> Optional[int]:
     if not scored:
         return None
     best = max(scored.values())
-    return min(size for size, m in scored.items() if (best - m) * 100 <= RULE_POINTS)
+    # rounded: 0.80 - 0.79 is 1.0000000000000009 points in floating point, and exactly 1 point is within the rule
+    return min(size for size, m in scored.items() if round((best - m) * 100, 9) <= RULE_POINTS)
 
 
 def table(report: dict) -> str:
@@ -77,10 +79,37 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the formats the boards run by default: x86 OpenVINO INT8, a Raspberry Pi NCNN FP16 (OpenVINO FP32 as its other)
+BOARD_FORMATS = ("OpenVINO FP32", "OpenVINO INT8", "NCNN FP16")
+
+
+def set_default(report: dict, model_dir: Path) -> int:
+    """Write the rule's answer into the model folder's metadata.json (`default_input_size`, followed when the config
+    says model.imgsz: 0), with the evidence; where the formats disagree the largest size wins (accuracy first)."""
+    picks = {label: default_size(report, label) for label in BOARD_FORMATS}
+    measured = {label: size for label, size in picks.items() if size}
+    if not measured:
+        raise SystemExit("no format with mAP in the report: run ripeye bench with --data")
+    meta_file = model_dir / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["default_input_size"] = max(measured.values())
+    meta["default_input_size_rule"] = {
+        "rule": f"smallest input size whose mAP50 is within {RULE_POINTS:g} point of the best size",
+        "per_format": measured, "bench": {"machine": report["machine"], "created_at": report["created_at"],
+                                          "data": report["data_name"], "images": report["n_eval"]},
+        "mAP50": {f"{label} @{size}": r["mAP50"] for (label, size), r in sorted(rows_by(report).items())
+                  if label in measured and "mAP50" in r},
+    }
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta["default_input_size"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", help="bench.json from `ripeye bench MODEL --imgsz 320,416,512,640 --data …`")
     p.add_argument("--out", help="also write the table here")
+    p.add_argument("--set-default", metavar="MODEL_DIR", type=Path,
+                   help="write the rule's answer into MODEL_DIR/metadata.json (default_input_size)")
     args = p.parse_args()
     report = json.loads(Path(args.report).read_text())
     if not isinstance(report.get("imgsz"), list):
@@ -89,6 +118,9 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(md)
     print(md)
+    if args.set_default:
+        size = set_default(report, args.set_default)
+        print(f"{args.set_default}/metadata.json: default_input_size {size}")
     return 0
 
 

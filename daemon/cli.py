@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--conf", type=float, default=0.25)
     det.add_argument("--iou", type=float, default=0.45)
     det.add_argument("--threads", type=int, default=0)
-    det.add_argument("--imgsz", type=int, default=0, help="input-size variant of the model folder (default: its own)")
+    det.add_argument("--imgsz", type=int, default=0,
+                     help="input-size variant of the model folder (default: the size it recommends, else its own)")
     det.add_argument("--json", action="store_true", help="one JSON line per image")
     det.add_argument("--allow-rejected", action="store_true",
                      help="load an artifact given by path even though the accuracy gate rejected it (warns)")

@@ -38,7 +38,8 @@ class SourceConfig(Strict):
 class ModelConfig(Strict):
     path: str = str(DEFAULT_MODEL_DIR)
     precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
-    imgsz: int = Field(0, ge=0, description="input-size variant of the model folder (sizes/<N>/); 0 = its own")
+    imgsz: int = Field(0, ge=0, description="input-size variant of the model folder (sizes/<N>/); 0 = the size "
+                       "the folder recommends (metadata default_input_size), else its own")
     alternatives: dict[str, str] = Field(default_factory=dict,
                                          description="named model paths the `model` MQTT command may switch to")
     allow_rejected: bool = Field(False, description="load an artifact the accuracy gate rejected when model.path "

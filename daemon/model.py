@@ -220,11 +220,20 @@ class SizeNotFound(ValueError):
     """The model folder has no variant of the input size asked for."""
 
 
+def default_size(folder: str | Path) -> Optional[int]:
+    """The input size a model folder recommends (metadata.json `default_input_size`, written by
+    bench/board_table.py --set-default from the default-size rule); None when it names none."""
+    size = read_side_file(Path(folder) / METADATA, []).get("default_input_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def select_size(path: str | Path, imgsz: int = 0) -> Path:
-    """The model folder (or artifact) to load for input size `imgsz` (0: the path as given)."""
+    """The model folder (or artifact) to load for input size `imgsz`; 0: the folder's recommended size when it
+    names one that is present, else the path as given (an artifact file, or a folder's own size)."""
     path = Path(path).expanduser()
     if not imgsz:
-        return path
+        recommended = default_size(path) if path.is_dir() else None
+        return size_variants(path).get(recommended, path) if recommended else path
     if not path.is_dir():
         raise ValueError(f"model.imgsz {imgsz} needs a model folder, not the single artifact {path} "
                          f"(an artifact has one input size)")

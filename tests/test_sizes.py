@@ -8,7 +8,8 @@ from argparse import Namespace
 import pytest
 
 from daemon import optimize
-from daemon.model import SizeNotFound, load_bundle, select_size, size_variants
+from daemon.detector import load_detector
+from daemon.model import SizeNotFound, default_size, load_bundle, select_size, size_variants
 from tests.conftest import REPO, RIPEYE, start_daemon, write_config
 
 SHIPPED_SIZES = [320, 416, 512, 640]
@@ -34,6 +35,41 @@ def test_select_size_names_the_sizes_present(model_dir, tmp_path):
         select_size(model_dir, 384)
     with pytest.raises(ValueError, match="single artifact"):
         select_size(model_dir / "model.onnx", 320)
+
+
+def test_imgsz_0_follows_the_size_the_folder_recommends(model_dir, tmp_path):
+    folder = tmp_path / "m"
+    (folder / "sizes" / "320").mkdir(parents=True)
+    shutil.copy(model_dir / "model.onnx", folder)
+    shutil.copy(model_dir / "sizes" / "320" / "model.onnx", folder / "sizes" / "320")
+    shutil.copy(model_dir / "sizes" / "320" / "metadata.json", folder / "sizes" / "320")
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    meta.pop("default_input_size", None)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    assert default_size(folder) is None and select_size(folder, 0) == folder  # none recommended: its own size
+    for recommended, expected in ((320, folder / "sizes" / "320"), (640, folder), (384, folder), ("416", folder)):
+        (folder / "metadata.json").write_text(json.dumps({**meta, "default_input_size": recommended}))
+        assert select_size(folder, 0) == expected, recommended  # a size not present (or not a number) is ignored
+    (folder / "metadata.json").write_text(json.dumps({**meta, "default_input_size": 320}))
+    assert select_size(folder, 640) == folder  # asked for explicitly, a size wins over the recommendation
+    assert load_detector(folder, "onnxruntime", "fp32").input_size == (320, 320)
+    assert select_size(folder / "model.onnx", 0) == folder / "model.onnx"  # an artifact file is loaded as given
+
+
+def test_board_table_writes_the_rules_answer_into_the_model_folder(tmp_path):
+    board_table = _board_table()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "metadata.json").write_text(json.dumps({"name": "m", "input_size": [640, 640]}))
+    report = {"machine": "test", "created_at": "now", "data_name": "valid.json", "n_eval": 67, "imgsz": [320, 416, 640],
+              "results": [_row("OpenVINO INT8", 320, 10, 0.70), _row("OpenVINO INT8", 416, 15, 0.797),
+                          _row("OpenVINO INT8", 640, 30, 0.805), _row("NCNN FP16", 320, 20, 0.79),
+                          _row("NCNN FP16", 640, 80, 0.80)]}
+    assert board_table.set_default(report, folder) == 416  # NCNN FP16 says 320, OpenVINO INT8 416: accuracy first
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["default_input_size"] == 416 and meta["name"] == "m"
+    assert meta["default_input_size_rule"]["per_format"] == {"OpenVINO INT8": 416, "NCNN FP16": 320}
+    assert default_size(folder) == 416
 
 
 def test_parse_sizes_rejects_non_stride_multiples():
@@ -161,14 +197,19 @@ def _row(label, size, ms, m50=None):
     return row
 
 
-def test_board_table_projections_and_default_size_rule():
-    """bench/board_table.py: Pi 5 projected from the published 640 figure by the ratio measured here; the default
-    size is the smallest whose mAP50 is within 1 point of the best."""
+def _board_table():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("board_table", REPO / "bench" / "board_table.py")
     board_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(board_table)
+    return board_table
+
+
+def test_board_table_projections_and_default_size_rule():
+    """bench/board_table.py: Pi 5 projected from the published 640 figure by the ratio measured here; the default
+    size is the smallest whose mAP50 is within 1 point of the best."""
+    board_table = _board_table()
     report = {"machine": "test", "created_at": "now", "data_name": "valid.json", "n_eval": 67, "imgsz": [320, 416, 640],
               "results": [_row("OpenVINO FP32", 320, 10, 0.70), _row("OpenVINO FP32", 416, 15, 0.797),
                           _row("OpenVINO FP32", 640, 30, 0.805), _row("NCNN FP32", 320, 20), _row("NCNN FP32", 640, 80),
