@@ -147,5 +147,6 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--imgsz", type=int, default=0, help="input-size variant of the model folder (default: its own)")
+    p.add_argument("--imgsz", type=int, default=0,
+                   help="input-size variant of the model folder (default: the size it recommends, else its own)")
     p.add_argument("--json", action="store_true")
