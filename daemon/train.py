@@ -211,12 +211,12 @@ def export(args) -> Path:
 
     # the source names itself too (before it is hashed: its hash is the model version, so it carries no hash)
     artifact_info.stamp(out / "model.onnx", artifact_info.describe(
-        {"name": out.name, "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "", "onnx",
-        "fp32"))
+        {"name": model_name(out), "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "",
+        "onnx", "fp32"))
     train_args = dict(model.ckpt.get("train_args", {})) if getattr(model, "ckpt", None) else {}
     calib = (out / "calibration.txt")
     meta = {
-        "name": out.name,
+        "name": model_name(out),
         "task": "detect",
         "architecture": "yolo11n",
         "class_names": names,
@@ -258,6 +258,12 @@ def _init_reference(init: str | None) -> dict | None:
         return None
     path = Path(init)
     return {"file": path.name, "sha256": sha256(path) if path.is_file() else None}
+
+
+def model_name(out: Path) -> str:
+    """The model's name: its folder's, or for an input-size folder (<model>/sizes/<N>/) the model folder's."""
+    out = Path(out).resolve()
+    return out.parent.parent.name if out.parent.name == "sizes" and out.name.isdigit() else out.name
 
 
 def dataset_fingerprint(root: Path) -> dict:

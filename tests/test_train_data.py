@@ -70,3 +70,11 @@ def test_starting_weights_are_recorded_by_name_and_hash_not_path(model_dir):
     assert ref == {"file": "model.pt", "sha256": train.sha256(model_dir / "model.pt")}
     assert train._init_reference(None) is None
     assert set(train.AUGMENT_KEYS) <= set(train.RECIPE_KEYS) and "cos_lr" in train.RECIPE_KEYS
+
+
+def test_a_size_folder_is_named_after_its_model(tmp_path):
+    from daemon import train
+
+    assert train.model_name(tmp_path / "tomato-yolo11n" / "sizes" / "416") == "tomato-yolo11n"
+    assert train.model_name(tmp_path / "tomato-yolo11n") == "tomato-yolo11n"
+    assert train.model_name(tmp_path / "sizes") == "sizes"
