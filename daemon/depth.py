@@ -89,8 +89,7 @@ def boxes_depth_mm(depth: DepthMap, boxes: Sequence[Sequence[float]], central: f
     xs = lattice(lo_xy[:, 0], hi_xy[:, 0], GRID).clip(0, w - 1)
     ys = lattice(lo_xy[:, 1], hi_xy[:, 1], GRID).clip(0, h - 1)
     samples = raw[ys[:, :, None], xs[:, None, :]].reshape(len(b), -1)  # boxes × GRID²
-    invalid = (samples < lo) | (samples > hi)
-    medians, counts = row_medians(samples, invalid, 0, top)
+    medians, counts = row_medians(samples, (samples >= lo) & (samples <= hi))
     medians = medians * depth.units_mm
     ok = ~empty & (counts > 0) & (counts >= min_valid * samples.shape[1])
     return [float(m) if good else None for m, good in zip(medians, ok)]
@@ -110,19 +109,19 @@ def lattice(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     return np.rint(lo[:, None] + t * (hi[:, None] - lo[:, None])).astype(np.intp)
 
 
-def row_medians(values: np.ndarray, invalid: np.ndarray, low, high) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the median of the values not `invalid` (float; meaningless where none is valid) and their count.
+def row_medians(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the median of the `valid` values (float; meaningless where none is valid) and their count.
 
-    No per-row sort: invalid ones become alternately `low` and `high` (values below and above every valid one, the
-    first of each pair low), which leaves the middle of the row where the valid median is; one partition then finds
-    it for all rows. With an odd number invalid there is one more low, and the median sits at n/2."""
-    missing = invalid.sum(axis=1)
-    is_low = (np.cumsum(invalid, axis=1) % 2) == 1
-    filled = np.where(invalid, np.where(is_low, low, high), values).astype(values.dtype)
-    k = values.shape[1] // 2
-    middle = np.partition(filled, [k - 1, k], axis=1)[:, k - 1:k + 1].astype(np.float64)
-    with np.errstate(invalid="ignore"):  # -inf + inf in a row with nothing valid
-        return np.where(missing % 2 == 0, middle.mean(axis=1), middle[:, 1]), values.shape[1] - missing
+    One sort for all rows: invalid values become the largest the dtype holds, so each row's valid ones come first,
+    in order, and the median is read at the middle of that count (a valid value equal to the filler ties with it,
+    which leaves the same value there)."""
+    top = np.iinfo(values.dtype).max if values.dtype.kind in "ui" else np.inf
+    ordered = np.sort(np.where(valid, values, values.dtype.type(top)), axis=1)
+    counts = valid.sum(axis=1)
+    rows = np.arange(len(values))
+    lower = ordered[rows, np.maximum(counts - 1, 0) // 2]
+    upper = ordered[rows, np.minimum(counts // 2, values.shape[1] - 1)]
+    return (lower.astype(np.float64) + upper) / 2, counts
 
 
 def mapped_depths_mm(depth: DepthMap, lo_xy: np.ndarray, hi_xy: np.ndarray, lo_raw: int, hi_raw: int,
@@ -170,7 +169,7 @@ def mapped_depths_mm(depth: DepthMap, lo_xy: np.ndarray, hi_xy: np.ndarray, lo_r
     valid = ((samples >= lo_raw) & (samples <= hi_raw) & front
              & (qx >= bound_u[:, :1, None]) & (qx < bound_u[:, 1:2, None])
              & (qy >= bound_v[:, :1, None]) & (qy < bound_v[:, 2:3, None])).reshape(n, -1)
-    medians, counts = row_medians(zc.reshape(n, -1), ~valid, -np.inf, np.inf)
+    medians, counts = row_medians(zc.reshape(n, -1), valid)
     # how many lattice pixels see the region at the depth found: the share that should have landed
     su, sv = colour_to_depth_pixels(colour, reg, edges_u, edges_v, np.where(counts > 0, medians, near)[:, None])
     inside_x = ((xs >= su.min(axis=1, keepdims=True)) & (xs <= su.max(axis=1, keepdims=True))).sum(axis=1)
