@@ -37,6 +37,14 @@ class Camera:
     model: str = "brown_conrady"  # librealsense's distortion model name (coefficients all zero)
 
 
+# a D435-like depth camera for a colour Camera(): its own size and focal length (the same field of view), about 15 mm
+# beside the colour camera and turned 0.4° (depth → colour: colour point = rotation · depth point + translation mm)
+D435_LIKE_DEPTH = Camera(width=480, height=480, fx=452.0, fy=451.0, ppx=238.5, ppy=242.0)
+_YAW = np.radians(0.4)
+D435_LIKE_EXTRINSICS = (np.array([[np.cos(_YAW), 0, np.sin(_YAW)], [0, 1, 0], [-np.sin(_YAW), 0, np.cos(_YAW)]]),
+                        np.array([-15.0, 0.3, 0.2]))
+
+
 def pick_photos(data: Path, count: int) -> list[tuple[Path, list[dict]]]:
     """Valid-split photos with the most ripe fruit first (name order breaks ties): (path, [{box, class}])."""
     coco = json.loads((data / "annotations" / "valid.json").read_text())

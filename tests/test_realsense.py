@@ -36,12 +36,7 @@ def recording(tmp_path_factory, dataset):
     return path, truth
 
 
-# a D435-like depth camera: its own size and focal length (the same field of view as the colour camera's), about
-# 15 mm beside the colour camera and turned a little
-DEPTH_CAM = depth_recording.Camera(width=480, height=480, fx=452.0, fy=451.0, ppx=238.5, ppy=242.0)
-_A = np.radians(0.4)
-D435_EXTRINSICS = (np.array([[np.cos(_A), 0, np.sin(_A)], [0, 1, 0], [-np.sin(_A), 0, np.cos(_A)]]),
-                   np.array([-15.0, 0.3, 0.2]))  # depth → colour: colour point = R · depth point + t (mm)
+DEPTH_CAM, D435_EXTRINSICS = depth_recording.D435_LIKE_DEPTH, depth_recording.D435_LIKE_EXTRINSICS
 
 
 @pytest.fixture(scope="module")
