@@ -5,16 +5,18 @@ without depth, and the locate step's own time per frame, measured inside the run
 
 Each round runs the real Daemon in this process (MQTT and the live view off; tracking and targets on, so the
 output path is the production one) once per variant, interleaved: `depth` plays daemon/assets/sample-3d.db3 through
-pyrealsense2 (its depth is registered to colour, so it is read as it is and Located); `depth-d435-like` the same
-frames with their depth as a separate D435-like depth camera sees it (bench/depth_recording.py D435_LIKE_*: another
-size and focal length, 15 mm baseline), so each box's depth samples are mapped into the colour frame;
-`realsense-no-depth` the same colour frames as a colour-only RealSense recording (the camera with depth off: what
-turning depth on costs); `bmp-no-depth` the same frames from a BMP folder (a source that costs next to nothing to
-read; playing a recording decompresses every frame, its depth stream too, which a live camera does not). All are
-played as fast as inference takes them (realtime off, looped). FPS = frames processed in the measuring window /
-window length, after a warm-up. The locate time is Locate.run + Located.annotate timed around each call in the
-output thread, summed per frame, per depth variant, as thread CPU time (the work the step adds) and as wall time
-(which also holds waits for the GIL while another thread runs Python or a pyrealsense2 call that keeps the GIL).
+pyrealsense2 (its depth is registered to colour, so it is read as it is and Located); `realsense-no-depth` the same
+colour frames as a colour-only RealSense recording (the camera with depth off: what turning depth on costs). Playing
+a compressed recording decompresses every frame, the depth stream's too, which a live camera does not do, so the
+same pair is also written uncompressed (`depth-raw`, `realsense-no-depth-raw`: reading a frame is then about a
+copy), and `depth-d435-like-raw` has the same frames with their depth as a separate D435-like depth camera sees it
+(bench/depth_recording.py D435_LIKE_*: another size and focal length, 15 mm baseline), so each box's depth samples
+are mapped into the colour frame. `bmp-no-depth` plays the frames from a BMP folder. All are played as fast as
+inference takes them (realtime off, looped); each depth variant's ratio is to the no-depth recording written the
+same way. FPS = frames processed in the measuring window / window length, after a warm-up. The locate time is
+Locate.run + Located.annotate timed around each call in the output thread, summed per frame, per depth variant, as
+thread CPU time (the work the step adds) and as wall time (which also holds waits for the GIL while another thread
+runs Python or a pyrealsense2 call that keeps the GIL).
 Before the rounds, `rs_align_ms` times what the capture thread no longer does: rs.align(rs.stream.color) over one
 frameset of each depth variant (wall and thread CPU, median of 30 calls).
 """
@@ -42,9 +44,10 @@ from daemon.config import SAMPLE_3D, SourceConfig  # noqa: E402
 from daemon.pipeline import Daemon  # noqa: E402
 
 
-def variants(out: Path) -> tuple[Path, Path, Path]:
-    """The recording's colour frames as BMP files (decoding a BMP costs next to nothing), as a colour-only
-    RealSense recording (the same camera with depth off), and with their depth seen by a D435-like depth camera."""
+def variants(out: Path) -> dict[str, Path]:
+    """The recording's colour frames as BMP files (decoding a BMP costs next to nothing), as colour-only RealSense
+    recordings (the same camera with depth off; compressed and not), with their depth uncompressed, and with their
+    depth seen by a D435-like depth camera (uncompressed)."""
     from depth_recording import D435_LIKE_DEPTH, D435_LIKE_EXTRINSICS, Camera, depth_camera_view, write_recording
 
     source = make_source(SourceConfig(uri=str(SAMPLE_3D)))
@@ -64,14 +67,21 @@ def variants(out: Path) -> tuple[Path, Path, Path]:
     for n, image in enumerate(images, 1):
         cv2.imwrite(str(folder / f"{n:03d}.bmp"), image)
     h, w = images[0].shape[:2]
-    recording, d435 = out / "colour-only.db3", out / "d435-like.db3"
     cam = Camera(width=w, height=h, fx=source.intrinsics.fx, fy=source.intrinsics.fy, ppx=source.intrinsics.ppx,
                  ppy=source.intrinsics.ppy, fps=int(source.native_fps))
-    write_recording(recording, [(im, None) for im in images], cam, depth=False)
-    write_recording(d435, [(im, depth_camera_view(d, cam, D435_LIKE_DEPTH, *D435_LIKE_EXTRINSICS))
-                           for im, d in zip(images, depths)], cam, depth_cam=D435_LIKE_DEPTH,
-                    extrinsics=D435_LIKE_EXTRINSICS)
-    return folder, recording, d435
+    paths = {"depth": SAMPLE_3D}  # the order they play in, each round
+    for name in ("realsense-no-depth", "depth-raw", "depth-d435-like-raw", "realsense-no-depth-raw"):
+        paths[name] = out / f"{name}.db3"
+    paths["bmp-no-depth"] = folder
+    colour_only = [(im, None) for im in images]
+    seen_by_d435 = [(im, depth_camera_view(d, cam, D435_LIKE_DEPTH, *D435_LIKE_EXTRINSICS))
+                    for im, d in zip(images, depths)]
+    write_recording(paths["realsense-no-depth"], colour_only, cam, depth=False)
+    write_recording(paths["realsense-no-depth-raw"], colour_only, cam, depth=False, compress=False)
+    write_recording(paths["depth-raw"], list(zip(images, depths)), cam, compress=False)
+    write_recording(paths["depth-d435-like-raw"], seen_by_d435, cam, depth_cam=D435_LIKE_DEPTH,
+                    extrinsics=D435_LIKE_EXTRINSICS, compress=False)
+    return paths
 
 
 def align_ms(path: Path, calls: int = 30) -> dict:
@@ -138,16 +148,18 @@ def main() -> int:
     args = p.parse_args()
     locate_s: list[tuple[float, float]] = []
     timed_locate(locate_s)
-    fps: dict[str, list[float]] = {"depth": [], "depth-d435-like": [], "realsense-no-depth": [], "bmp-no-depth": []}
-    located: dict[str, list[tuple[float, float]]] = {"depth": [], "depth-d435-like": []}
+    # each depth variant and the no-depth recording written the same way
+    pairs = {"depth": "realsense-no-depth", "depth-raw": "realsense-no-depth-raw",
+             "depth-d435-like-raw": "realsense-no-depth-raw"}
+    located: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
     with tempfile.TemporaryDirectory() as tmp:
-        folder, recording, d435 = variants(Path(tmp))
-        align = {"depth": align_ms(SAMPLE_3D), "depth-d435-like": align_ms(d435)}
+        paths = variants(Path(tmp))
+        fps: dict[str, list[float]] = {name: [] for name in paths}
+        align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like-raw")}
         for r in range(args.rounds):
-            for name, uri in (("depth", "sample-3d"), ("depth-d435-like", str(d435)),
-                              ("realsense-no-depth", str(recording)), ("bmp-no-depth", str(folder))):
+            for name, uri in paths.items():
                 locate_s.clear()
-                fps[name].append(round(measure(uri, args.seconds, args.warmup, args.threads), 2))
+                fps[name].append(round(measure(str(uri), args.seconds, args.warmup, args.threads), 2))
                 located.get(name, []).extend(locate_s)
                 print(f"round {r + 1} {name}: {fps[name][-1]} fps", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in fps.items()}
@@ -156,7 +168,7 @@ def main() -> int:
         cpu_ms = sorted(c * 1000 for c, _ in times)
         wall_ms = sorted(w * 1000 for _, w in times)
         figures[name] = {
-            "ratio_vs_realsense_no_depth": round(med[name] / med["realsense-no-depth"], 3),
+            f"ratio_vs_{pairs[name]}": round(med[name] / med[pairs[name]], 3),
             "ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3),
             "locate_frames": len(cpu_ms),
             "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,

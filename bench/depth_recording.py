@@ -121,11 +121,12 @@ def depth_camera_view(depth_mm: np.ndarray, cam: Camera, depth_cam: Camera, rota
 
 
 def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam: Camera, depth: bool = True,
-                    depth_cam: Camera = None, extrinsics: tuple = None) -> None:
+                    depth_cam: Camera = None, extrinsics: tuple = None, compress: bool = True) -> None:
     """Record (BGR image, depth uint16 mm) pairs through pyrealsense2's software device and recorder; with
     depth=False only the colour stream (a RealSense run without depth, for comparisons). The depth stream has
     `depth_cam`'s intrinsics and `extrinsics` = (rotation 3×3, translation mm), depth → colour, when given; else
-    the colour camera's and identity (depth registered to colour)."""
+    the colour camera's and identity (depth registered to colour). compress=False writes the frames as they are
+    (a larger file that plays back without decompressing, closer to what a live camera costs to read)."""
     import pyrealsense2 as rs
 
     path = Path(path)
@@ -153,7 +154,7 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
     to_colour.translation = [float(t) / 1000.0 for t in translation_mm]
     profiles[0].register_extrinsics_to(profiles[1], to_colour)
     device.create_matcher(rs.matchers.default)
-    recorder = rs.recorder(str(path), device)
+    recorder = rs.recorder(str(path), device, compress)
     queue = rs.frame_queue(len(frames) * 2 + 2)
     sensors = [(depth_sensor, profiles[0], 0, 2), (color_sensor, profiles[1], 1, 3)][0 if depth else 1:]
     for sensor, profile, _, _ in sensors:
