@@ -5,20 +5,20 @@ without depth, and the locate step's own time per frame, measured inside the run
 
 Each round runs the real Daemon in this process (MQTT and the live view off; tracking and targets on, so the
 output path is the production one) once per variant, interleaved: `depth` plays daemon/assets/sample-3d.db3 through
-pyrealsense2 (its depth is registered to colour, so it is read as it is and Located); `realsense-no-depth` the same
-colour frames as a colour-only RealSense recording (the camera with depth off: what turning depth on costs). Playing
-a compressed recording decompresses every frame, the depth stream's too, which a live camera does not do, so the
-same pair is also written uncompressed (`depth-raw`, `realsense-no-depth-raw`: reading a frame is then about a
-copy), and `depth-d435-like-raw` has the same frames with their depth as a separate D435-like depth camera sees it
-(bench/depth_recording.py D435_LIKE_*: another size and focal length, 15 mm baseline), so each box's depth samples
-are mapped into the colour frame. `bmp-no-depth` plays the frames from a BMP folder. All are played as fast as
-inference takes them (realtime off, looped); each depth variant's ratio is to the no-depth recording written the
-same way. FPS = frames processed in the measuring window / window length, after a warm-up. The locate time is
-Locate.run + Located.annotate timed around each call in the output thread, summed per frame, per depth variant, as
-thread CPU time (the work the step adds) and as wall time (which also holds waits for the GIL while another thread
-runs Python or a pyrealsense2 call that keeps the GIL).
-Before the rounds, `rs_align_ms` times what the capture thread no longer does: rs.align(rs.stream.color) over one
-frameset of each depth variant (wall and thread CPU, median of 30 calls).
+pyrealsense2 (its depth is registered to colour, so it is read as it is and Located); `depth-d435-like` the same
+frames with their depth as a separate D435-like depth camera sees it (bench/depth_recording.py D435_LIKE_*: another
+size and focal length, 15 mm baseline), so each box's depth samples are mapped into the colour frame;
+`realsense-no-depth` the same colour frames as a colour-only RealSense recording (the camera with depth off: what
+turning depth on costs); `bmp-no-depth` the same frames from a BMP folder. All are played as fast as inference
+takes them (realtime off, looped). FPS = frames processed in the measuring window / window length, after a
+warm-up. The locate time is Locate.run + Located.annotate timed around each call in the output thread, summed per
+frame, per depth variant, as thread CPU time (the work the step adds) and as wall time (which also holds waits for
+the GIL while another thread runs Python or a pyrealsense2 call that keeps the GIL).
+Before the rounds, the capture side alone: `rs_align_ms` is rs.align(rs.stream.color) over one frameset of each
+depth variant (what the capture thread did per frame before it stopped aligning; wall and thread CPU, median of 30
+calls), and `read_ms_median_of_3` the source's read() per frame on each recording, compressed (as the recorder
+writes by default and sample-3d is) and uncompressed: playing a compressed recording decompresses every frame, the
+depth stream's too, which a live camera does not do.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ from daemon.config import SAMPLE_3D, SourceConfig  # noqa: E402
 from daemon.pipeline import Daemon  # noqa: E402
 
 
-def variants(out: Path) -> dict[str, Path]:
-    """The recording's colour frames as BMP files (decoding a BMP costs next to nothing), as colour-only RealSense
-    recordings (the same camera with depth off; compressed and not), with their depth uncompressed, and with their
-    depth seen by a D435-like depth camera (uncompressed)."""
+def variants(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Recordings of sample-3d's frames: (to play in the daemon, to time reads on).
+
+    Played: the frames as BMP files (decoding a BMP costs next to nothing), as a colour-only RealSense recording
+    (the same camera with depth off), and with their depth as a D435-like depth camera sees it. Read: the same ten
+    times over (no rewind inside a measurement), compressed as the recorder writes by default and uncompressed."""
     from depth_recording import D435_LIKE_DEPTH, D435_LIKE_EXTRINSICS, Camera, depth_camera_view, write_recording
 
     source = make_source(SourceConfig(uri=str(SAMPLE_3D)))
@@ -69,19 +71,44 @@ def variants(out: Path) -> dict[str, Path]:
     h, w = images[0].shape[:2]
     cam = Camera(width=w, height=h, fx=source.intrinsics.fx, fy=source.intrinsics.fy, ppx=source.intrinsics.ppx,
                  ppy=source.intrinsics.ppy, fps=int(source.native_fps))
-    paths = {"depth": SAMPLE_3D}  # the order they play in, each round
-    for name in ("realsense-no-depth", "depth-raw", "depth-d435-like-raw", "realsense-no-depth-raw"):
-        paths[name] = out / f"{name}.db3"
-    paths["bmp-no-depth"] = folder
-    colour_only = [(im, None) for im in images]
-    seen_by_d435 = [(im, depth_camera_view(d, cam, D435_LIKE_DEPTH, *D435_LIKE_EXTRINSICS))
-                    for im, d in zip(images, depths)]
-    write_recording(paths["realsense-no-depth"], colour_only, cam, depth=False)
-    write_recording(paths["realsense-no-depth-raw"], colour_only, cam, depth=False, compress=False)
-    write_recording(paths["depth-raw"], list(zip(images, depths)), cam, compress=False)
-    write_recording(paths["depth-d435-like-raw"], seen_by_d435, cam, depth_cam=D435_LIKE_DEPTH,
-                    extrinsics=D435_LIKE_EXTRINSICS, compress=False)
-    return paths
+    d435 = {"depth_cam": D435_LIKE_DEPTH, "extrinsics": D435_LIKE_EXTRINSICS}
+    kinds = {  # name: (frames, write_recording's keywords)
+        "depth": (list(zip(images, depths)), {}),
+        "depth-d435-like": ([(im, depth_camera_view(d, cam, D435_LIKE_DEPTH, *D435_LIKE_EXTRINSICS))
+                             for im, d in zip(images, depths)], d435),
+        "realsense-no-depth": ([(im, None) for im in images], {"depth": False}),
+    }
+    played = {"depth": SAMPLE_3D}  # the order they play in, each round
+    read = {}
+    for name, (frames, kw) in kinds.items():
+        if name != "depth":
+            played[name] = out / f"{name}.db3"
+            write_recording(played[name], frames, cam, **kw)
+        for suffix, compress in (("", True), ("-uncompressed", False)):
+            read[name + suffix] = out / f"read-{name}{suffix}.db3"
+            write_recording(read[name + suffix], frames * 10, cam, compress=compress, **kw)
+    played["bmp-no-depth"] = folder
+    return played, read
+
+
+def read_ms(path: Path, reads: int = 25) -> dict:
+    """The capture side's cost per frame of a recording: median wall ms of source.read() + take_depth() (what the
+    capture thread does), and this process's CPU ms per frame over them (the playback thread's decoding too)."""
+    source = make_source(SourceConfig(uri=str(path)))
+    source.open()
+    wall = []
+    try:
+        source.read()  # the first frame after open() also waits for playback to start
+        c0 = time.process_time()
+        for _ in range(reads):
+            t0 = time.perf_counter()
+            source.read()
+            source.take_depth()
+            wall.append(time.perf_counter() - t0)
+        cpu = (time.process_time() - c0) / reads
+    finally:
+        source.close()
+    return {"wall": round(statistics.median(wall) * 1000, 2), "cpu": round(cpu * 1000, 2)}
 
 
 def align_ms(path: Path, calls: int = 30) -> dict:
@@ -148,14 +175,15 @@ def main() -> int:
     args = p.parse_args()
     locate_s: list[tuple[float, float]] = []
     timed_locate(locate_s)
-    # each depth variant and the no-depth recording written the same way
-    pairs = {"depth": "realsense-no-depth", "depth-raw": "realsense-no-depth-raw",
-             "depth-d435-like-raw": "realsense-no-depth-raw"}
-    located: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
+    located: dict[str, list[tuple[float, float]]] = {"depth": [], "depth-d435-like": []}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = variants(Path(tmp))
+        paths, to_read = variants(Path(tmp))
         fps: dict[str, list[float]] = {name: [] for name in paths}
-        align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like-raw")}
+        align = {name: align_ms(paths[name]) for name in located}
+        reads: dict[str, list[dict]] = {name: [] for name in to_read}
+        for _ in range(3):  # interleaved, like the rounds
+            for name, path in to_read.items():
+                reads[name].append(read_ms(path))
         for r in range(args.rounds):
             for name, uri in paths.items():
                 locate_s.clear()
@@ -163,12 +191,14 @@ def main() -> int:
                 located.get(name, []).extend(locate_s)
                 print(f"round {r + 1} {name}: {fps[name][-1]} fps", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in fps.items()}
-    figures = {"fps_rounds": fps, "fps_median": med, "rs_align_ms": align}
+    figures = {"fps_rounds": fps, "fps_median": med, "rs_align_ms": align,
+               "read_ms_median_of_3": {name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu")}
+                                       for name, rs in reads.items()}}
     for name, times in located.items():
         cpu_ms = sorted(c * 1000 for c, _ in times)
         wall_ms = sorted(w * 1000 for _, w in times)
         figures[name] = {
-            f"ratio_vs_{pairs[name]}": round(med[name] / med[pairs[name]], 3),
+            "ratio_vs_realsense_no_depth": round(med[name] / med["realsense-no-depth"], 3),
             "ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3),
             "locate_frames": len(cpu_ms),
             "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,

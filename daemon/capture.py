@@ -344,7 +344,10 @@ def registered(depth: Intrinsics, colour: Intrinsics, rotation: np.ndarray, tran
                tolerance: float = 1e-6) -> bool:
     """Whether a depth image indexes the colour image pixel for pixel: the same size, intrinsics and distortion,
     and identity extrinsics (rotation within `tolerance`, translation within `tolerance` mm)."""
-    same = (depth.width, depth.height, depth.model) == (colour.width, colour.height, colour.model)
+    def model(intr: Intrinsics) -> str:  # all coefficients zero: no distortion, whatever the model's name
+        return intr.model if any(intr.coeffs) else "none"
+
+    same = (depth.width, depth.height, model(depth)) == (colour.width, colour.height, model(colour))
     close = np.allclose([depth.fx, depth.fy, depth.ppx, depth.ppy, *depth.coeffs],
                         [colour.fx, colour.fy, colour.ppx, colour.ppy, *colour.coeffs], rtol=0, atol=tolerance)
     return bool(same and close and np.allclose(rotation, np.eye(3), rtol=0, atol=tolerance)

@@ -169,6 +169,9 @@ def test_shipped_sample_3d_plays_with_depth():
 def test_registered_means_same_intrinsics_and_identity_extrinsics():
     colour = Intrinsics(640, 480, 610.0, 612.0, 318.5, 241.0, "brown_conrady")
     assert registered(colour, colour, np.eye(3), np.zeros(3))
+    assert registered(Intrinsics(640, 480, 610.0, 612.0, 318.5, 241.0, "none"), colour, np.eye(3), np.zeros(3))
+    assert not registered(Intrinsics(640, 480, 610.0, 612.0, 318.5, 241.0, "brown_conrady", (0.1, 0, 0, 0, 0)),
+                          colour, np.eye(3), np.zeros(3))
     assert not registered(Intrinsics(480, 360, 457.5, 459.0, 238.9, 180.8, "brown_conrady"), colour, np.eye(3),
                           np.zeros(3))
     assert not registered(Intrinsics(640, 480, 610.5, 612.0, 318.5, 241.0, "brown_conrady"), colour, np.eye(3),
