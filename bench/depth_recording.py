@@ -2,7 +2,9 @@
 
 The recording is made by pyrealsense2's own software device and recorder, so it is the real file format and plays
 back through the same path as a camera's recording. A truth file (JSON) beside it lists, per frame, the photo, the
-intrinsics and each tomato's box, camera-frame position (mm) and whether a nearer tomato hides its centre.
+intrinsics and each tomato's box, camera-frame position (mm) and whether a nearer tomato hides its centre. By default
+depth is registered to colour (same intrinsics, identity extrinsics); with a separate depth camera (make(depth_cam=,
+extrinsics=), as a D435 is) the depth stream is the scene as that camera sees it.
 
     .venv/bin/python bench/depth_recording.py --out daemon/assets/sample-3d.db3 --photos 1 --frames-per-photo 3
 """
@@ -33,6 +35,14 @@ class Camera:
     ppy: float = 320.0
     fps: int = 10
     model: str = "brown_conrady"  # librealsense's distortion model name (coefficients all zero)
+
+
+# a D435-like depth camera for a colour Camera(): its own size and focal length (the same field of view), about 15 mm
+# beside the colour camera and turned 0.4° (depth → colour: colour point = rotation · depth point + translation mm)
+D435_LIKE_DEPTH = Camera(width=480, height=480, fx=452.0, fy=451.0, ppx=238.5, ppy=242.0)
+_YAW = np.radians(0.4)
+D435_LIKE_EXTRINSICS = (np.array([[np.cos(_YAW), 0, np.sin(_YAW)], [0, 1, 0], [-np.sin(_YAW), 0, np.cos(_YAW)]]),
+                        np.array([-15.0, 0.3, 0.2]))
 
 
 def pick_photos(data: Path, count: int) -> list[tuple[Path, list[dict]]]:
@@ -92,9 +102,31 @@ def synthetic_depth(tomatoes: list[dict], z_front: np.ndarray, cam: Camera, back
     return np.clip(depth, 0, 65535).astype(np.uint16), truth
 
 
-def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam: Camera, depth: bool = True) -> None:
+def depth_camera_view(depth_mm: np.ndarray, cam: Camera, depth_cam: Camera, rotation: np.ndarray,
+                      translation_mm: np.ndarray) -> np.ndarray:
+    """A colour-frame depth image (uint16 mm, 0 = none) as a depth camera elsewhere sees the same surfaces (uint16
+    mm in its own frame): each colour pixel's point is moved into the depth camera (colour point = rotation · depth
+    point + translation_mm) and projected there, the nearest one kept per pixel (pinhole, no distortion)."""
+    v, u = np.nonzero(depth_mm)
+    z = depth_mm[v, u].astype(np.float64)
+    colour = np.stack([(u - cam.ppx) / cam.fx * z, (v - cam.ppy) / cam.fy * z, z], axis=1)
+    seen = (colour - translation_mm) @ rotation  # Rᵀ(p − t), row vectors
+    ud = np.rint(seen[:, 0] / seen[:, 2] * depth_cam.fx + depth_cam.ppx).astype(np.intp)
+    vd = np.rint(seen[:, 1] / seen[:, 2] * depth_cam.fy + depth_cam.ppy).astype(np.intp)
+    inside = (seen[:, 2] > 0) & (ud >= 0) & (ud < depth_cam.width) & (vd >= 0) & (vd < depth_cam.height)
+    out = np.full((depth_cam.height, depth_cam.width), np.inf)
+    np.minimum.at(out, (vd[inside], ud[inside]), seen[inside, 2])
+    out[np.isinf(out)] = 0
+    return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
+
+
+def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam: Camera, depth: bool = True,
+                    depth_cam: Camera = None, extrinsics: tuple = None, compress: bool = True) -> None:
     """Record (BGR image, depth uint16 mm) pairs through pyrealsense2's software device and recorder; with
-    depth=False only the colour stream (a RealSense run without depth, for comparisons)."""
+    depth=False only the colour stream (a RealSense run without depth, for comparisons). The depth stream has
+    `depth_cam`'s intrinsics and `extrinsics` = (rotation 3×3, translation mm), depth → colour, when given; else
+    the colour camera's and identity (depth registered to colour). compress=False writes the frames as they are
+    (a larger file that plays back without decompressing, closer to what a live camera costs to read)."""
     import pyrealsense2 as rs
 
     path = Path(path)
@@ -103,23 +135,26 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
         path.unlink()
     device = rs.software_device()
     depth_sensor, color_sensor = device.add_sensor("Depth"), device.add_sensor("Color")
-    intr = rs.intrinsics()
-    intr.width, intr.height, intr.fx, intr.fy, intr.ppx, intr.ppy = (cam.width, cam.height, cam.fx, cam.fy,
-                                                                      cam.ppx, cam.ppy)
-    intr.model, intr.coeffs = getattr(rs.distortion, cam.model), [0.0] * 5
+    depth_cam = depth_cam or cam
     profiles = []
-    for sensor, stream, fmt, bpp, uid in ((depth_sensor, rs.stream.depth, rs.format.z16, 2, 0),
-                                          (color_sensor, rs.stream.color, rs.format.bgr8, 3, 1)):
+    for sensor, stream, fmt, bpp, uid, c in ((depth_sensor, rs.stream.depth, rs.format.z16, 2, 0, depth_cam),
+                                             (color_sensor, rs.stream.color, rs.format.bgr8, 3, 1, cam)):
+        intr = rs.intrinsics()
+        intr.width, intr.height, intr.fx, intr.fy, intr.ppx, intr.ppy = c.width, c.height, c.fx, c.fy, c.ppx, c.ppy
+        intr.model, intr.coeffs = getattr(rs.distortion, c.model), [0.0] * 5
         vs = rs.video_stream()
-        vs.type, vs.index, vs.uid, vs.width, vs.height = stream, 0, uid, cam.width, cam.height
+        vs.type, vs.index, vs.uid, vs.width, vs.height = stream, 0, uid, c.width, c.height
         vs.fps, vs.bpp, vs.fmt, vs.intrinsics = cam.fps, bpp, fmt, intr
         profiles.append(sensor.add_video_stream(vs))
     depth_sensor.add_read_only_option(rs.option.depth_units, 0.001)
-    identity = rs.extrinsics()
-    identity.rotation, identity.translation = [1, 0, 0, 0, 1, 0, 0, 0, 1], [0, 0, 0]
-    profiles[0].register_extrinsics_to(profiles[1], identity)  # depth already registered to colour
+    rotation, translation_mm = extrinsics if extrinsics is not None else (np.eye(3), np.zeros(3))
+    to_colour = rs.extrinsics()
+    # librealsense keeps the rotation column-major and the translation in metres
+    to_colour.rotation = [float(r) for r in np.asarray(rotation, dtype=np.float64).T.ravel()]
+    to_colour.translation = [float(t) / 1000.0 for t in translation_mm]
+    profiles[0].register_extrinsics_to(profiles[1], to_colour)
     device.create_matcher(rs.matchers.default)
-    recorder = rs.recorder(str(path), device)
+    recorder = rs.recorder(str(path), device, compress)
     queue = rs.frame_queue(len(frames) * 2 + 2)
     sensors = [(depth_sensor, profiles[0], 0, 2), (color_sensor, profiles[1], 1, 3)][0 if depth else 1:]
     for sensor, profile, _, _ in sensors:
@@ -129,7 +164,7 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
         for sensor, profile, which, bpp in sensors:
             pixels = pair[1 - which]  # (image, depth)
             f = rs.software_video_frame()
-            f.pixels, f.bpp, f.stride = np.ascontiguousarray(pixels), bpp, cam.width * bpp
+            f.pixels, f.bpp, f.stride = np.ascontiguousarray(pixels), bpp, pixels.shape[1] * bpp
             f.timestamp, f.domain, f.frame_number = n * 1000.0 / cam.fps, rs.timestamp_domain.hardware_clock, n + 1
             f.profile = profile.as_video_stream_profile()
             sensor.on_video_frame(f)
@@ -141,10 +176,13 @@ def write_recording(path: Path, frames: list[tuple[np.ndarray, np.ndarray]], cam
 
 
 def make(out: Path, photos: int = 2, frames_per_photo: int = 3, seed: int = 0, holes: bool = True,
-         data: Path = DATASET, cam: Camera = None, stamp: bool = False) -> dict:
+         data: Path = DATASET, cam: Camera = None, stamp: bool = False, depth_cam: Camera = None,
+         extrinsics: tuple = None) -> dict:
     """Write `out` (.db3) and `out` with .json (truth); return the truth. Background depth differs per frame
     (1000 mm + 7 mm × frame number). With `stamp`, the top-left 8×8 pixels carry the frame number n: grey level n
-    in colour and exactly STAMP_MM(n) in depth, so a depth map can be checked against the colour it came with."""
+    in colour and exactly STAMP_MM(n) in depth, so a depth map can be checked against the colour it came with.
+    With `depth_cam` and `extrinsics` (rotation, translation mm; depth → colour) the depth stream is what that
+    camera sees (depth_camera_view); the truth stays in the colour camera's frame."""
     cam = cam or Camera()
     frames, truth_frames = [], []
     for p, (photo, boxes) in enumerate(pick_photos(Path(data), photos)):
@@ -163,13 +201,15 @@ def make(out: Path, photos: int = 2, frames_per_photo: int = 3, seed: int = 0, h
             # the same scene each frame (same tomato depths), fresh noise and holes
             depth, tomatoes = synthetic_depth(boxes, z_front, cam, background, np.random.default_rng([seed, p, n]),
                                               holes_in)
+            if depth_cam is not None:
+                depth = depth_camera_view(depth, cam, depth_cam, *(np.asarray(e, np.float64) for e in extrinsics))
             if stamp:
                 image = image.copy()
                 image[:8, :8] = n
                 depth[:8, :8] = stamp_mm(n)
             frames.append((image, depth))
             truth_frames.append({"frame": n, "photo": photo.name, "background_mm": background, "tomatoes": tomatoes})
-    write_recording(out, frames, cam)
+    write_recording(out, frames, cam, depth_cam=depth_cam, extrinsics=extrinsics)
     truth = {"camera": cam.__dict__, "frames": truth_frames}
     Path(out).with_suffix(".json").write_text(json.dumps(truth, indent=1))
     return truth

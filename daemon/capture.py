@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig
-from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics
+from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics, Registration
 from daemon.handoff import LatestSlot
 from daemon.redact import redact
 
@@ -37,7 +37,7 @@ class Frame:
     capture_ms: float = 0.0
     prepared: Any = None  # what the capture thread's prepare() made of it (model tensor + letterbox)
     prepare_ms: float = 0.0
-    depth: Optional[DepthMap] = None  # aligned to `image`, from depth cameras only
+    depth: Optional[DepthMap] = None  # of `image` (registered to it, or with the registration), depth cameras only
 
 
 
@@ -191,9 +191,12 @@ class Picamera2Source(Source):
 class RealSenseSource(Source):
     """Intel RealSense camera (first one, or by serial) or a recording (.bag/.db3) through pyrealsense2.
 
-    Depth is aligned to the colour frame (rs.align), so a detection box indexes the depth image directly; the
-    intrinsics are the colour stream's and the depth scale the depth sensor's. Playback is never paced by
-    librealsense: the capture thread paces files like any video (source.realtime) and rewinds them (source.loop).
+    No frame is aligned (rs.align over a whole frameset costs milliseconds per frame): depth registered to colour
+    (same intrinsics, identity extrinsics) indexes the colour image directly; otherwise each DepthMap carries the
+    depth camera's intrinsics and the depth→colour extrinsics, and only the samples each box needs are mapped
+    (daemon.depth). The intrinsics are the colour stream's and the depth scale the depth sensor's. Playback is never
+    paced by librealsense: the capture thread paces files like any video (source.realtime) and rewinds them
+    (source.loop).
     """
 
     def __init__(self, serial: str = "", path: Optional[Path] = None, width: int = 0, height: int = 0,
@@ -203,7 +206,8 @@ class RealSenseSource(Source):
         self.finite = path is not None
         self.description = f"RealSense recording {path}" if path else f"RealSense camera {serial or '(first)'}"
         self.pipeline = None
-        self.align = None
+        self.has_depth = False
+        self.registration: Optional[Registration] = None  # None: depth registered to colour (or no depth)
         self.intrinsics: Optional[Intrinsics] = None
         self.units_mm = 1.0
         self.depth: Optional[DepthMap] = None
@@ -228,7 +232,7 @@ class RealSenseSource(Source):
                 cfg.enable_device(self.serial)
             w, h, fps = self.size[0] or 640, self.size[1] or 480, int(self.want_fps or 30)
             cfg.enable_stream(rs.stream.color, w, h, rs.format.bgr8, fps)
-            cfg.enable_stream(rs.stream.depth, rs.format.z16, fps)  # the depth sensor's own size; align resamples
+            cfg.enable_stream(rs.stream.depth, rs.format.z16, fps)  # the depth sensor's own size, mapped per box
         pipeline = rs.pipeline()
         try:
             profile = pipeline.start(cfg)
@@ -240,22 +244,29 @@ class RealSenseSource(Source):
             has_depth = any(s.stream_type() == rs.stream.depth for s in profile.get_streams())
             if has_depth:
                 self.units_mm = float(profile.get_device().first_depth_sensor().get_depth_scale()) * 1000.0
+                depth_profile = profile.get_stream(rs.stream.depth).as_video_stream_profile()
+                depth_intr = _intrinsics(depth_profile.get_intrinsics())
+                to_colour = depth_profile.get_extrinsics_to(color)
         except RuntimeError as exc:  # no camera, wrong serial, a file without colour
             try:
                 pipeline.stop()
             except RuntimeError:
                 pass
             raise SourceError(f"cannot start {self.description}: {exc}") from None
-        i = color.get_intrinsics()
-        self.intrinsics = Intrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy, str(i.model).split(".")[-1],
-                                     tuple(float(c) for c in i.coeffs))
-        if has_depth and self.intrinsics.model not in PINHOLE_MODELS:  # refused here, not on every frame later
-            pipeline.stop()
-            raise SourceError(f"{self.description}: colour distortion model {self.intrinsics.model!r} is not "
-                              f"supported for 3D positions (one of {sorted(PINHOLE_MODELS)})")
-        self.native_fps = float(color.fps())
+        self.intrinsics = _intrinsics(color.get_intrinsics())
         # a colour-only recording plays as a source without depth (frames carry none, nothing is located)
-        self.align = rs.align(rs.stream.color) if has_depth else None
+        self.has_depth, self.registration = has_depth, None
+        if has_depth:
+            for name, intr in (("colour", self.intrinsics), ("depth", depth_intr)):
+                if intr.model not in PINHOLE_MODELS:  # refused here, not on every frame later
+                    pipeline.stop()
+                    raise SourceError(f"{self.description}: {name} distortion model {intr.model!r} is not "
+                                      f"supported for 3D positions (one of {sorted(PINHOLE_MODELS)})")
+            rotation = np.array(to_colour.rotation, dtype=np.float64).reshape(3, 3).T  # librealsense: column-major
+            translation_mm = np.array(to_colour.translation, dtype=np.float64) * 1000.0
+            if not registered(depth_intr, self.intrinsics, rotation, translation_mm):
+                self.registration = Registration(depth_intr, rotation, translation_mm)
+        self.native_fps = float(color.fps())
         self.pipeline = pipeline
         self.delivered = False
 
@@ -263,18 +274,17 @@ class RealSenseSource(Source):
         if self.pipeline is None:
             raise SourceError(f"{self.description} is not open")
         frames = self._next_frames()
-        if self.align is None:
-            color = frames.get_color_frame()
+        color = frames.get_color_frame()
+        if not self.has_depth:
             if not color:
                 raise SourceError(f"{self.description} gave a frame without colour")
             return np.asanyarray(color.get_data()).copy()
-        frames = self.align.process(frames)
-        color, depth = frames.get_color_frame(), frames.get_depth_frame()
+        depth = frames.get_depth_frame()  # from the same frameset as the colour: the pair cannot be split
         if not color or not depth:
             raise SourceError(f"{self.description} gave a frame without colour or depth")
         image = np.asanyarray(color.get_data()).copy()
         self.depth = DepthMap(np.asanyarray(depth.get_data()).copy(), self.units_mm, self.intrinsics,
-                              {"frame_number": int(color.get_frame_number())})
+                              {"frame_number": int(color.get_frame_number())}, self.registration)
         return image
 
     def _next_frames(self):
@@ -322,6 +332,26 @@ class RealSenseSource(Source):
             except RuntimeError:
                 pass
             self.pipeline = None
+
+
+def _intrinsics(i) -> Intrinsics:
+    """pyrealsense2's rs.intrinsics as daemon.depth's."""
+    return Intrinsics(i.width, i.height, i.fx, i.fy, i.ppx, i.ppy, str(i.model).split(".")[-1],
+                      tuple(float(c) for c in i.coeffs))
+
+
+def registered(depth: Intrinsics, colour: Intrinsics, rotation: np.ndarray, translation_mm: np.ndarray,
+               tolerance: float = 1e-6) -> bool:
+    """Whether a depth image indexes the colour image pixel for pixel: the same size, intrinsics and distortion,
+    and identity extrinsics (rotation within `tolerance`, translation within `tolerance` mm)."""
+    def model(intr: Intrinsics) -> str:  # all coefficients zero: no distortion, whatever the model's name
+        return intr.model if any(intr.coeffs) else "none"
+
+    same = (depth.width, depth.height, model(depth)) == (colour.width, colour.height, model(colour))
+    close = np.allclose([depth.fx, depth.fy, depth.ppx, depth.ppy, *depth.coeffs],
+                        [colour.fx, colour.fy, colour.ppx, colour.ppy, *colour.coeffs], rtol=0, atol=tolerance)
+    return bool(same and close and np.allclose(rotation, np.eye(3), rtol=0, atol=tolerance)
+                and np.allclose(translation_mm, 0, rtol=0, atol=tolerance))
 
 
 def pi_camera_status() -> str:

@@ -1,4 +1,5 @@
-"""3D positions from depth: robust depth in a box, pixel deprojection, camera→arm rigid transform fit, Locate step."""
+"""3D positions from depth: robust depth in a box (registered or mapped from the depth camera), pixel (de)projection,
+camera→arm rigid transform fit, Locate step."""
 
 from __future__ import annotations
 
@@ -28,59 +29,164 @@ class Intrinsics:
     coeffs: tuple = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
+@dataclass(frozen=True)
+class Registration:
+    """Where the depth camera sits relative to the colour camera: its own intrinsics and the depth→colour rigid
+    motion (colour point = rotation · depth point + translation_mm), as librealsense's extrinsics give it."""
+
+    intrinsics: Intrinsics  # the depth stream's
+    rotation: np.ndarray  # 3×3
+    translation_mm: np.ndarray  # (3,)
+
+
 @dataclass
 class DepthMap:
-    """A depth image aligned to its colour frame: raw units (0 = no depth) × units_mm gives millimetres."""
+    """A depth image of a colour frame: raw units (0 = no depth) × units_mm gives millimetres.
+
+    With `registration` None the depth image is registered to the colour image (same pixels); otherwise it is the
+    depth camera's own image, and only the samples a box needs are mapped into the colour frame (boxes_depth_mm)."""
 
     depth: np.ndarray  # H×W, uint16 as the camera sends it
     units_mm: float
-    intrinsics: Intrinsics
+    intrinsics: Intrinsics  # the colour stream's: boxes and positions are in the colour camera's frame
     meta: dict = field(default_factory=dict)  # e.g. the camera's own frame number, for pairing checks
+    registration: Optional[Registration] = None
 
 
 GRID = 20  # samples per side of a box's central region: 400 depths per box
+# samples per side of the depth-image region that can see a box's central region (a depth camera not registered to
+# colour): the region also spans the parallax over the valid depth range, so it is wider than the box's own
+MAPPED_GRID = 24
 
 
 def boxes_depth_mm(depth: DepthMap, boxes: Sequence[Sequence[float]], central: float = 0.5, min_valid: float = 0.25,
                    min_mm: float = 100.0, max_mm: float = 10000.0) -> list[Optional[float]]:
-    """Per box, the median depth (mm) of the valid pixels in its central region; None when too few are valid.
+    """Per box, the median depth (mm, colour camera frame) of the valid pixels in its central region; None when too
+    few are valid.
 
     The central `central` fraction of width and height keeps leaves and background at the box edges out; zeros
     (holes) and values outside [min_mm, max_mm] are not depths. A region with under `min_valid` of its pixels valid
-    gives None rather than a guess: a hole-riddled fruit must not be sent to the arm at 0 mm. Each region is read
-    on an even GRID×GRID lattice of pixels (the same median as all of them, for a fixed cost), all boxes at once.
+    gives None rather than a guess: a hole-riddled fruit must not be sent to the arm at 0 mm. A registered depth
+    image is read on an even GRID×GRID lattice of each region (the same median as all of its pixels, for a fixed
+    cost); an unregistered one through mapped_depths_mm. All boxes at once.
     """
     raw = depth.depth
     if raw.dtype.kind != "u":
         raise ValueError(f"depth must be unsigned integer raw units (z16), got {raw.dtype}")
     if len(boxes) == 0:
         return []
-    h, w = raw.shape[:2]
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) * (central / 2)
-    lo_xy, hi_xy = np.floor(centre - half), np.ceil(centre + half) - 1  # inclusive pixel range of each region
-    lo_xy, hi_xy = np.maximum(lo_xy, 0), np.minimum(hi_xy, [w - 1, h - 1])
+    intr = depth.intrinsics
+    w, h = (raw.shape[1], raw.shape[0]) if depth.registration is None else (intr.width, intr.height)
+    lo_xy, hi_xy = central_regions(b, central, w, h)
     empty = (hi_xy < lo_xy).any(axis=1)
-    t = (np.arange(GRID) + 0.5) / GRID
-    xs = np.rint(lo_xy[:, :1] + t * (hi_xy[:, :1] - lo_xy[:, :1])).astype(np.intp).clip(0, w - 1)
-    ys = np.rint(lo_xy[:, 1:] + t * (hi_xy[:, 1:] - lo_xy[:, 1:])).astype(np.intp).clip(0, h - 1)
-    samples = raw[ys[:, :, None], xs[:, None, :]].reshape(len(b), -1)  # boxes × GRID²
     top = np.iinfo(raw.dtype).max
     lo = min(math.ceil(min_mm / depth.units_mm), top)
     hi = min(int(max_mm / depth.units_mm), top)
-    invalid = (samples < lo) | (samples > hi)
-    missing = invalid.sum(axis=1)
-    counts = samples.shape[1] - missing
-    # The median of the valid samples without a per-row sort: invalid ones become alternately 0 and the top value
-    # (the first of each pair low), which leaves the middle of the row where the valid median is; one partition
-    # then finds it for all boxes. With an odd number invalid there is one more low, and the median sits at n/2.
-    low = (np.cumsum(invalid, axis=1) % 2) == 1
-    filled = np.where(invalid, np.where(low, 0, top), samples).astype(raw.dtype)
-    k = samples.shape[1] // 2
-    middle = np.partition(filled, [k - 1, k], axis=1)[:, k - 1:k + 1].astype(np.float64)
-    medians = np.where(missing % 2 == 0, middle.mean(axis=1), middle[:, 1]) * depth.units_mm
+    if depth.registration is not None:
+        medians, ok = mapped_depths_mm(depth, lo_xy, hi_xy, lo, hi, min_valid)
+        return [float(m) if good and not bad else None for m, good, bad in zip(medians, ok, empty)]
+    xs = lattice(lo_xy[:, 0], hi_xy[:, 0], GRID).clip(0, w - 1)
+    ys = lattice(lo_xy[:, 1], hi_xy[:, 1], GRID).clip(0, h - 1)
+    samples = raw[ys[:, :, None], xs[:, None, :]].reshape(len(b), -1)  # boxes × GRID²
+    medians, counts = row_medians(samples, (samples >= lo) & (samples <= hi))
+    medians = medians * depth.units_mm
     ok = ~empty & (counts > 0) & (counts >= min_valid * samples.shape[1])
     return [float(m) if good else None for m, good in zip(medians, ok)]
+
+
+def central_regions(boxes: np.ndarray, central: float, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive pixel ranges (lo_xy, hi_xy; boxes × 2) of each box's central `central` fraction, inside the image;
+    a box off the image has some hi < lo."""
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * (central / 2)
+    lo_xy, hi_xy = np.floor(centre - half), np.ceil(centre + half) - 1
+    return np.maximum(lo_xy, 0), np.minimum(hi_xy, [width - 1, height - 1])
+
+
+def lattice(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """n evenly spread integer pixels from each lo to hi (inclusive; rows × n)."""
+    t = (np.arange(n) + 0.5) / n
+    return np.rint(lo[:, None] + t * (hi[:, None] - lo[:, None])).astype(np.intp)
+
+
+def row_medians(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the median of the `valid` values (float; meaningless where none is valid) and their count.
+
+    One sort for all rows: invalid values become the largest the dtype holds, so each row's valid ones come first,
+    in order, and the median is read at the middle of that count (a valid value equal to the filler ties with it,
+    which leaves the same value there)."""
+    top = np.iinfo(values.dtype).max if values.dtype.kind in "ui" else np.inf
+    ordered = np.sort(np.where(valid, values, values.dtype.type(top)), axis=1)
+    counts = valid.sum(axis=1)
+    rows = np.arange(len(values))
+    lower = ordered[rows, np.maximum(counts - 1, 0) // 2]
+    upper = ordered[rows, np.minimum(counts // 2, values.shape[1] - 1)]
+    return (lower.astype(np.float64) + upper) / 2, counts
+
+
+def mapped_depths_mm(depth: DepthMap, lo_xy: np.ndarray, hi_xy: np.ndarray, lo_raw: int, hi_raw: int,
+                     min_valid: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per colour region (inclusive pixel ranges), the median colour-frame z (mm) of the depth camera's pixels that
+    land in it, and whether enough of them are valid; only those pixels are mapped, never the whole frame.
+
+    The depth-image region that can see a colour region is bounded by projecting the region's corners into the
+    depth camera at the nearest and farthest valid depth (parallax moves them along the epipolar line); a
+    MAPPED_GRID² lattice of it is deprojected with the depth intrinsics, moved into the colour frame, projected with
+    the colour intrinsics, and kept where it lands in the region. The valid fraction is taken against the lattice
+    pixels that see the region at the depth found (a hole-riddled fruit: few land, many should have)."""
+    reg, colour, raw = depth.registration, depth.intrinsics, depth.depth
+    h, w = raw.shape[:2]
+    n = len(lo_xy)
+    edges_u = np.stack([lo_xy[:, 0] - 0.5, hi_xy[:, 0] + 0.5, hi_xy[:, 0] + 0.5, lo_xy[:, 0] - 0.5], axis=1)
+    edges_v = np.stack([lo_xy[:, 1] - 0.5, lo_xy[:, 1] - 0.5, hi_xy[:, 1] + 0.5, hi_xy[:, 1] + 0.5], axis=1)
+    shift = float(np.linalg.norm(reg.translation_mm))  # colour z and depth z of a point differ by at most this
+    near = max(lo_raw * depth.units_mm - shift, 1.0)
+    far = hi_raw * depth.units_mm + shift
+    z = np.repeat([[near, far]], n, axis=0).repeat(4, axis=1)
+    du, dv = colour_to_depth_pixels(colour, reg, np.tile(edges_u, 2), np.tile(edges_v, 2), z)
+    # one pixel of margin for the rounding of the lattice and a rotation between the cameras
+    lo_d = np.stack([np.floor(du.min(axis=1)) - 1, np.floor(dv.min(axis=1)) - 1], axis=1).clip(0, [w - 1, h - 1])
+    hi_d = np.stack([np.ceil(du.max(axis=1)) + 1, np.ceil(dv.max(axis=1)) + 1], axis=1).clip(0, [w - 1, h - 1])
+    g = MAPPED_GRID
+    xs, ys = lattice(lo_d[:, 0], hi_d[:, 0], g), lattice(lo_d[:, 1], hi_d[:, 1], g)
+    samples = raw[ys[:, :, None], xs[:, None, :]]  # boxes × g × g
+    # float32: a thousandth of a pixel and of a millimetre is plenty, and it halves the memory traffic
+    xn, yn = undistort_pixel(reg.intrinsics, xs[:, None, :].astype(np.float32), ys[:, :, None].astype(np.float32))
+    r, t = (reg.rotation * depth.units_mm).astype(np.float32), reg.translation_mm.astype(np.float32)
+    z_raw = samples.astype(np.float32)
+    # each depth pixel's ray, rotated into the colour frame (a row term plus a column term when the depth stream
+    # is undistorted) and scaled to mm per raw unit, times its raw depth, then shifted
+    xc = z_raw * ((r[0, 0] * xn + r[0, 2]) + r[0, 1] * yn) + t[0]
+    yc = z_raw * ((r[1, 0] * xn + r[1, 2]) + r[1, 1] * yn) + t[1]
+    zc = z_raw * ((r[2, 0] * xn + r[2, 2]) + r[2, 1] * yn) + t[2]
+    front = zc > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qx, qy = xc / zc, yc / zc
+    if colour.model == "none" or not any(colour.coeffs):  # compare in normalised coordinates: no projection
+        bound_u, bound_v = (edges_u - colour.ppx) / colour.fx, (edges_v - colour.ppy) / colour.fy
+    else:
+        (qx, qy), bound_u, bound_v = project_normalised(colour, qx, qy), edges_u, edges_v
+    valid = ((samples >= lo_raw) & (samples <= hi_raw) & front
+             & (qx >= bound_u[:, :1, None]) & (qx < bound_u[:, 1:2, None])
+             & (qy >= bound_v[:, :1, None]) & (qy < bound_v[:, 2:3, None])).reshape(n, -1)
+    medians, counts = row_medians(zc.reshape(n, -1), valid)
+    # how many lattice pixels see the region at the depth found: the share that should have landed
+    su, sv = colour_to_depth_pixels(colour, reg, edges_u, edges_v, np.where(counts > 0, medians, near)[:, None])
+    inside_x = ((xs >= su.min(axis=1, keepdims=True)) & (xs <= su.max(axis=1, keepdims=True))).sum(axis=1)
+    inside_y = ((ys >= sv.min(axis=1, keepdims=True)) & (ys <= sv.max(axis=1, keepdims=True))).sum(axis=1)
+    expected = inside_x * inside_y
+    return medians, (counts > 0) & (expected > 0) & (counts >= min_valid * expected)
+
+
+def colour_to_depth_pixels(colour: Intrinsics, reg: Registration, u: np.ndarray, v: np.ndarray,
+                           z_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Colour pixels (u, v) at colour-frame depth z (mm) → where the depth camera sees those points (its pixels)."""
+    xn, yn = undistort_pixel(colour, u, v)
+    r, t = reg.rotation, reg.translation_mm
+    x, y, z = xn * z_mm - t[0], yn * z_mm - t[1], z_mm - t[2]  # the inverse rigid motion: Rᵀ(p − t)
+    xd, yd, zd = (r[0, 0] * x + r[1, 0] * y + r[2, 0] * z, r[0, 1] * x + r[1, 1] * y + r[2, 1] * z,
+                  r[0, 2] * x + r[1, 2] * y + r[2, 2] * z)
+    return project_normalised(reg.intrinsics, xd / zd, yd / zd)
 
 
 def box_depth_mm(depth: DepthMap, box: Sequence[float], **kwargs) -> Optional[float]:
@@ -108,6 +214,24 @@ def undistort_pixel(intr: Intrinsics, u, v):
             x, y = (x0 - dx) * icdist, (y0 - dy) * icdist
         return x, y
     raise ValueError(f"distortion model {intr.model!r} is not supported (one of {sorted(PINHOLE_MODELS)})")
+
+
+def project_normalised(intr: Intrinsics, x, y):
+    """Normalised image coordinates (x/z, y/z) → pixel, as librealsense's rs2_project_point_to_pixel does.
+
+    x, y may be floats or numpy arrays (element-wise)."""
+    k1, k2, p1, p2, k3 = (tuple(intr.coeffs) + (0.0,) * 5)[:5]
+    if intr.model != "none" and any((k1, k2, p1, p2, k3)):
+        if intr.model not in PINHOLE_MODELS:
+            raise ValueError(f"distortion model {intr.model!r} is not supported (one of {sorted(PINHOLE_MODELS)})")
+        r2 = x * x + y * y
+        f = 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2
+        # librealsense takes the tangential terms of the radially scaled point for inverse Brown-Conrady and of the
+        # unscaled one for Brown-Conrady (r² unscaled in both)
+        xq, yq = (x * f, y * f) if intr.model == "inverse_brown_conrady" else (x, y)
+        x, y = (x * f + 2 * p1 * xq * yq + p2 * (r2 + 2 * xq * xq),
+                y * f + 2 * p2 * xq * yq + p1 * (r2 + 2 * yq * yq))
+    return x * intr.fx + intr.ppx, y * intr.fy + intr.ppy
 
 
 def deproject(intr: Intrinsics, u: float, v: float, z_mm: float) -> tuple[float, float, float]:

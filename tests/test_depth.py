@@ -1,4 +1,5 @@
-"""Depth numerics: robust box depth, deprojection (against librealsense's own), rigid camera→arm fit, Locate step."""
+"""Depth numerics: robust box depth (registered and mapped from a depth camera), (de)projection against
+librealsense's own, rigid camera→arm fit, Locate step."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from daemon.depth import (
     DepthMap,
     Intrinsics,
     Locate,
+    Registration,
     apply_transform,
     box_depth_mm,
+    boxes_depth_mm,
     check_transform,
+    colour_to_depth_pixels,
     deproject,
     fit_rigid,
+    locate_boxes,
+    project_normalised,
+    undistort_pixel,
 )
 
 INTR = Intrinsics(640, 480, 610.0, 612.0, 318.5, 241.0)
@@ -56,6 +63,81 @@ def test_deprojection_matches_librealsense():
             ours = deproject(intr, u, v, z)
             theirs = rs.rs2_deproject_pixel_to_point(ri, [u, v], z)
             assert ours == pytest.approx(theirs, abs=0.05), (model, u, v)
+
+
+def test_projection_matches_librealsense():
+    import pyrealsense2 as rs
+    for model in ("none", "inverse_brown_conrady", "brown_conrady"):
+        coeffs = [0.08, -0.15, 0.001, -0.002, 0.05]
+        intr = Intrinsics(640, 480, 610.0, 612.0, 318.5, 241.0, model, tuple(coeffs))
+        ri = rs.intrinsics()
+        ri.width, ri.height, ri.fx, ri.fy, ri.ppx, ri.ppy = 640, 480, 610.0, 612.0, 318.5, 241.0
+        ri.model, ri.coeffs = getattr(rs.distortion, model), coeffs
+        for point in ((10.0, 20.0, 500.0), (-200.0, 150.0, 700.0), (300.0, -250.0, 600.0)):
+            ours = project_normalised(intr, point[0] / point[2], point[1] / point[2])
+            assert ours == pytest.approx(rs.rs2_project_point_to_pixel(ri, list(point)), abs=1e-3), (model, point)
+        if model == "none":
+            continue
+        # and back: librealsense's own inversion is approximate away from the centre, ours is the same steps
+        u, v = project_normalised(intr, 0.1, -0.2)
+        assert undistort_pixel(intr, u, v) == pytest.approx((0.1, -0.2), abs=2e-3)
+
+
+# a depth camera beside the colour camera (D435-like: 15 mm baseline), smaller image and focal length
+DEPTH_INTR = Intrinsics(480, 360, 457.5, 459.0, 238.9, 180.8, "brown_conrady")
+BESIDE = Registration(DEPTH_INTR, np.eye(3), np.array([-15.0, 0.0, 0.0]))
+
+
+def seen_by_depth_camera(u: float, v: float, z: float) -> tuple[int, int]:
+    """The depth pixel that sees colour pixel (u, v) at colour-frame depth z."""
+    du, dv = colour_to_depth_pixels(INTR, BESIDE, np.array([u]), np.array([v]), np.array([z]))
+    return int(round(float(du[0]))), int(round(float(dv[0])))
+
+
+def test_colour_to_depth_pixels_inverts_the_depth_to_colour_mapping():
+    rot = np.array([[np.cos(0.01), 0, np.sin(0.01)], [0, 1, 0], [-np.sin(0.01), 0, np.cos(0.01)]])
+    reg = Registration(DEPTH_INTR, rot, np.array([-15.0, 0.4, 0.2]))
+    x, y = undistort_pixel(DEPTH_INTR, 100.0, 250.0)
+    colour_point = rot @ np.array([x * 800, y * 800, 800.0]) + reg.translation_mm
+    u, v = project_normalised(INTR, colour_point[0] / colour_point[2], colour_point[1] / colour_point[2])
+    du, dv = colour_to_depth_pixels(INTR, reg, np.array([u]), np.array([v]), np.array([colour_point[2]]))
+    assert (float(du[0]), float(dv[0])) == pytest.approx((100.0, 250.0), abs=1e-6)
+    # the baseline is parallax: a nearer point is seen farther to the side by the depth camera
+    assert seen_by_depth_camera(340, 240, 300)[0] - seen_by_depth_camera(340, 240, 3000)[0] == pytest.approx(
+        457.5 * 15 * (1 / 300 - 1 / 3000), abs=1)
+
+
+def fruit_seen_by_depth_camera(z_fruit: float, holes: float = 0.0) -> DepthMap:
+    """The depth camera's image of a leaf wall 1500 mm away with a fruit at z_fruit where the colour camera sees
+    the box (300, 200, 380, 280); `holes` of the fruit's pixels zeroed."""
+    rng = np.random.default_rng(3)
+    d = np.full((360, 480), 1500, np.uint16)
+    (u0, v0), (u1, v1) = seen_by_depth_camera(300, 200, z_fruit), seen_by_depth_camera(380, 280, z_fruit)
+    d[v0:v1, u0:u1] = z_fruit + rng.integers(-4, 5, (v1 - v0, u1 - u0))
+    d[v0:v1, u0:u1][rng.random((v1 - v0, u1 - u0)) < holes] = 0
+    return DepthMap(d, 1.0, INTR, registration=BESIDE)
+
+
+def test_unregistered_depth_is_mapped_per_box():
+    depth = fruit_seen_by_depth_camera(600.0)
+    boxes = [(300, 200, 380, 280), (40, 300, 100, 360), (700, 500, 720, 520)]
+    z_fruit, z_wall, off_image = boxes_depth_mm(depth, boxes)
+    assert z_fruit == pytest.approx(600, abs=2)
+    assert z_wall == pytest.approx(1500, abs=1)  # colour z = depth z here: the cameras differ only along x
+    assert off_image is None
+    # where the fruit is in the depth image is not where it is in the colour image: reading it there sees the wall
+    assert box_depth_mm(DepthMap(depth.depth, 1.0, INTR), (300, 200, 380, 280)) != pytest.approx(600, abs=50)
+    # the position is in the colour camera's frame: the box centre deprojected with the colour intrinsics
+    assert locate_boxes(depth, [(300, 200, 380, 280)])[0] == pytest.approx(
+        [(340 - INTR.ppx) / INTR.fx * z_fruit, (240 - INTR.ppy) / INTR.fy * z_fruit, z_fruit], abs=0.1)
+
+
+def test_unregistered_holes_give_none_not_zero():
+    assert box_depth_mm(fruit_seen_by_depth_camera(600.0, holes=0.5), (300, 200, 380, 280)) == pytest.approx(600,
+                                                                                                          abs=3)
+    assert box_depth_mm(fruit_seen_by_depth_camera(600.0, holes=0.9), (300, 200, 380, 280)) is None
+    empty = DepthMap(np.zeros((360, 480), np.uint16), 1.0, INTR, registration=BESIDE)
+    assert box_depth_mm(empty, (300, 200, 380, 280)) is None
 
 
 def random_rotation(rng) -> np.ndarray:
