@@ -6,6 +6,7 @@ checked for its error message."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import jsonschema
@@ -227,9 +228,10 @@ def test_unregistered_depth_maps_each_box_without_aligning(unregistered):
             ours[colour_n] = depth
     finally:
         source.close()
-    # a loaded machine's playback now and then loses a recording's first frameset (either reader): compare the rest
+    # a loaded machine's playback now and then loses a recording's first or last frameset (either reader; seen once:
+    # frames 1 and 5 of 5 missing in one of them): compare the rest
     both = set(ours) & set(old)
-    assert len(both) >= len(truth["frames"]) - 1, (sorted(ours), sorted(old))
+    assert len(both) >= len(truth["frames"]) - 2, (sorted(ours), sorted(old))
     errors, old_errors, agree, holes = [], [], [], []
     for frame in (f for f in truth["frames"] if f["frame"] in both):
         n, tomatoes = frame["frame"], [t for t in frame["tomatoes"] if not t["occluded"]]
@@ -311,3 +313,13 @@ def test_3d_calibration_config():
     scaled[:3, :3] *= 2  # a scale is not a rigid motion
     with pytest.raises(ConfigError, match="calibration.camera_to_arm: .*rotation"):
         validate({"calibration": {"camera_to_arm": scaled.tolist()}})
+
+
+def test_recordings_stopped_mid_playback_many_times_do_not_crash(tmp_path):
+    """librealsense's non-real-time playback, stopped while still playing, corrupted the heap now and then here
+    (glibc aborts and segfaults within 300 open/read/close cycles in 8 of 8 runs while a training job loaded the
+    machine; an idle machine rarely shows it). RealSenseSource pauses it and switches it to real time first. A child
+    process, so a crash is a failed test and not a dead test run."""
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "rs_cycles.py"), "100", str(tmp_path / "r.db3")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "cycles done 100" in r.stdout, (r.returncode, r.stderr[-2000:])
