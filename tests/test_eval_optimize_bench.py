@@ -123,10 +123,11 @@ def test_rejected_artifact_is_never_loaded(tmp_path, model_dir):
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     from daemon.detector import load_detector
 
-    det = load_detector(tmp_path / "m", "openvino", "auto")
+    # imgsz 640: the folder's own manifest (by default it would load the size it recommends, sizes/416/)
+    det = load_detector(tmp_path / "m", "openvino", "auto", imgsz=640)
     assert det.runtime.precision == "fp32"
     with pytest.raises(Exception, match="no int8 artifact"):
-        load_detector(tmp_path / "m", "openvino", "int8")
+        load_detector(tmp_path / "m", "openvino", "int8", imgsz=640)
 
 
 def test_detect_json_lines(dataset, model_dir):
