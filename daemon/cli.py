@@ -257,11 +257,11 @@ def cmd_config_check(args) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    from daemon.model import load_bundle
+    from daemon.model import load_bundle, select_size
     from daemon.redact import redact
 
     try:
-        problems = load_bundle(cfg.model.path).problems
+        problems = load_bundle(select_size(cfg.model.path, cfg.model.imgsz)).problems  # the variant the daemon loads
     except (FileNotFoundError, ValueError) as exc:
         # the config may be checked off the target (a staging root, another machine): only a model found here
         # is looked into

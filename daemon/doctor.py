@@ -7,7 +7,7 @@ import json
 from daemon import config as config_mod
 from daemon.detector import backend_chain
 from daemon.hardware import classify, cpu_temperature, probe
-from daemon.model import load_bundle
+from daemon.model import load_bundle, select_size
 
 
 def opencv_has_gstreamer() -> bool:
@@ -59,8 +59,9 @@ def report(cfg, facts=None) -> dict:
         "warnings": warnings,
     }
     try:
-        bundle = load_bundle(cfg.model.path)
-        out["model"].update({"name": bundle.name, "version": bundle.version, "classes": bundle.class_names,
+        bundle = load_bundle(select_size(cfg.model.path, cfg.model.imgsz))  # the variant the daemon loads
+        out["model"].update({"name": bundle.name, "version": bundle.version, "input_size": list(bundle.input_size),
+                             "classes": bundle.class_names,
                              "artifacts": [{"kind": a.kind, "precision": a.precision, "path": str(a.path),
                                             "present": a.path.is_file(), "accepted": a.accepted,
                                             **({"note": a.note} if a.note else {})} for a in bundle.artifacts]})

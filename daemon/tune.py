@@ -120,10 +120,11 @@ def main(args) -> int:
 
     from daemon import config as config_mod
     from daemon.config import SAMPLE_CLIP
-    from daemon.model import load_bundle
+    from daemon.model import load_bundle, select_size
 
     cfg = config_mod.load(args.config)
-    model = args.model or cfg.model.path
+    # the variant the daemon loads (model.imgsz, else the size the folder recommends): its version keys the result
+    model = select_size(args.model or cfg.model.path, cfg.model.imgsz)
     cap = cv2.VideoCapture(str(SAMPLE_CLIP))
     frames = []
     while len(frames) < 8:

@@ -42,3 +42,13 @@ def test_jetson_with_tensorrt_provider_has_no_cpu_warning(tmp_path, capsys):
                   providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     _, out = _doctor(tmp_path, capsys, facts)
     assert "inference runs on the CPU" not in out
+
+
+def test_doctor_describes_the_model_variant_the_daemon_loads(tmp_path, capsys, model_dir):
+    import json
+
+    for model, size in (({"path": str(model_dir)}, 416), ({"path": str(model_dir), "imgsz": 640}, 640)):
+        cfg = write_config(tmp_path / "c.yaml", {"model": model})
+        doctor.main(argparse.Namespace(config=str(cfg), json=True, strict=False), facts=board("pi5"))
+        report = json.loads(capsys.readouterr().out)
+        assert report["model"]["input_size"] == [size, size], report["model"]

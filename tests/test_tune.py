@@ -5,6 +5,7 @@ import subprocess
 
 from daemon.detector import load_detector
 from daemon.runtimes.base import RuntimeOptions
+from daemon.tune import cached_winner
 from tests.conftest import REPO, RIPEYE, write_config
 
 
@@ -19,5 +20,7 @@ def test_tune_caches_winner_and_measured_backend_uses_it(tmp_path, model_dir):
     assert entry["median_ms"] == min(a["median_ms"] for a in entry["all"]) and len(entry["all"]) >= 3
     det = load_detector(model_dir, "measured", "auto", RuntimeOptions(cache_dir=tmp_path / "cache"))
     assert (det.backend, det.runtime.precision) == (entry["backend"], entry["precision"])
+    # tuned on the variant the daemon loads (the size the folder recommends), so the daemon finds the result
+    assert cached_winner(tmp_path / "cache", det.bundle) == entry and det.bundle.input_size == (416, 416)
     doc = subprocess.run([*RIPEYE, "doctor", "--config", str(cfg)], cwd=REPO, capture_output=True, text=True)
     assert "measured winner cached by `ripeye tune`" in doc.stdout and "tune cache" in doc.stdout
