@@ -317,7 +317,7 @@ def test_3d_calibration_config():
 
 def test_recordings_stopped_mid_playback_many_times_do_not_crash(tmp_path):
     """librealsense's non-real-time playback, stopped while still playing, corrupted the heap now and then here
-    (glibc aborts and segfaults within 300 open/read/close cycles in 8 of 8 runs while a training job loaded the
+    (glibc aborts and segfaults within 300 open/read/close cycles in 9 of 9 runs while a training job loaded the
     machine; an idle machine rarely shows it). RealSenseSource pauses it and switches it to real time first. A child
     process, so a crash is a failed test and not a dead test run."""
     r = subprocess.run([sys.executable, str(REPO / "tests" / "rs_cycles.py"), "100", str(tmp_path / "r.db3")],
