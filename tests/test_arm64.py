@@ -70,6 +70,9 @@ def _detect(jsonl: str) -> dict:
     return out
 
 
+BORDERLINE = 0.01  # confidence
+
+
 def test_pi_service_install_imports_picamera2_and_ncnn_matches_x86(tmp_path):
     if os.geteuid() != 0 or not (ROOTFS / "usr/bin/python3").exists() or not WHEELS.is_dir():
         pytest.skip(f"needs root and the arm64 root and wheels from .ci/arm64-root in {CACHE}")
@@ -103,9 +106,13 @@ def test_pi_service_install_imports_picamera2_and_ncnn_matches_x86(tmp_path):
     arm, ref = _detect((tmp_path / "in" / "arm64.jsonl").read_text()), _detect(x86.stdout)
     assert sorted(arm) == sorted(ref) == ["photo0.jpg", "photo1.jpg", "photo2.jpg"]
     for name in ref:
-        assert sorted(d["class"] for d in arm[name]) == sorted(d["class"] for d in ref[name]), name
-        for b in ref[name]:  # each x86 box has an arm64 box of its class within 1.5 px
-            same_class = [a for a in arm[name] if a["class"] == b["class"]]
-            gap = min(max(abs(p - q) for p, q in zip(a["box"], b["box"])) for a in same_class)
-            assert gap <= 1.5, (name, b, gap)
+        # each box of one side has a box of its class within 1.5 px on the other, both ways; a box within
+        # BORDERLINE of detect's 0.25 confidence threshold may fall either side of it on another CPU (seen: an arm64
+        # half_ripe at 0.252 that x86 scored just below 0.25), so only those may lack a partner
+        for ours, theirs in ((ref[name], arm[name]), (arm[name], ref[name])):
+            for b in ours:
+                same_class = [a for a in theirs if a["class"] == b["class"]]
+                gap = min((max(abs(p - q) for p, q in zip(a["box"], b["box"])) for a in same_class), default=1e9)
+                assert gap <= 1.5 or b["confidence"] < 0.25 + BORDERLINE, (name, b, gap)
+        assert abs(len(arm[name]) - len(ref[name])) <= 2, (name, len(arm[name]), len(ref[name]))
     shutil.rmtree(tmp_path / "in" / "src")
