@@ -428,9 +428,10 @@ def derive_size_variant(root: Path, size: int) -> Path:
             exported = YOLO(str(Path(tmp) / "model.pt")).export(format="onnx", imgsz=size, batch=1, dynamic=False,
                                                                  simplify=True, opset=17)
             shutil.copy(exported, onnx_path)
-    if trained_at_own_size(folder):
+    own_weights = trained_at_own_size(folder)
+    if own_weights:
         # weights trained at this size (`ripeye train --imgsz N --export-imgsz N --out <model>/sizes/N`): its own
-        # training record and model.pt stay; only the source hashes are refreshed
+        # training record, model.pt and calibration list stay; only the source hashes are refreshed
         meta = json.loads((folder / METADATA).read_text())
         meta["sources"] = {name: sha256_file(folder / name) for name in ("model.pt", "model.onnx")}
     else:
@@ -440,7 +441,7 @@ def derive_size_variant(root: Path, size: int) -> Path:
         meta["input_size"] = [size, size]
         meta["sources"] = {"model.onnx": sha256_file(onnx_path)}
     write_durably(folder / METADATA, json.dumps(meta, indent=2) + "\n")
-    if (root / "calibration.txt").is_file():
+    if (root / "calibration.txt").is_file() and not (own_weights and (folder / "calibration.txt").is_file()):
         shutil.copy(root / "calibration.txt", folder / "calibration.txt")
     return folder
 

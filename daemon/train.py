@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from daemon.durable import write_durably
+from daemon.model import SIZES_DIR
 
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
@@ -263,7 +264,7 @@ def _init_reference(init: str | None) -> dict | None:
 def model_name(out: Path) -> str:
     """The model's name: its folder's, or for an input-size folder (<model>/sizes/<N>/) the model folder's."""
     out = Path(out).resolve()
-    return out.parent.parent.name if out.parent.name == "sizes" and out.name.isdigit() else out.name
+    return out.parent.parent.name if out.parent.name == SIZES_DIR and out.name.isdigit() else out.name
 
 
 def dataset_fingerprint(root: Path) -> dict:

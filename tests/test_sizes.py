@@ -154,6 +154,8 @@ def test_a_size_folder_trained_at_its_size_keeps_its_own_training_record(model_d
     own = json.loads((model_dir / "metadata.json").read_text())
     own.update({"input_size": [320, 320], "training": {**own["training"], "marker": "trained at 320"}})
     (size_dir / "metadata.json").write_text(json.dumps(own))
+    (folder / "calibration.txt").write_text("train/main-folder.jpg\n")
+    (size_dir / "calibration.txt").write_text("train/its-own.jpg\n")  # what its own training run listed
     assert optimize.trained_at_own_size(size_dir)
     args = Namespace(model=str(folder), out=None, imgsz="320", calib=None, calib_root=None, calib_count=4,
                      targets="tensorrt", data=None, images=None, class_map=None, max_drop=1.0, eval_limit=None)
@@ -162,6 +164,7 @@ def test_a_size_folder_trained_at_its_size_keeps_its_own_training_record(model_d
     assert "variant_of" not in meta and meta["training"]["marker"] == "trained at 320"
     assert meta["sources"]["model.pt"] == optimize.sha256_file(size_dir / "model.pt")
     assert meta["sources"]["model.onnx"] == optimize.sha256_file(size_dir / "model.onnx")
+    assert (size_dir / "calibration.txt").read_text() == "train/its-own.jpg\n"
     # without its own weights the same folder is an export of the main folder's
     (size_dir / "model.pt").unlink()
     assert not optimize.trained_at_own_size(size_dir)
