@@ -1,24 +1,27 @@
-"""Cost of depth: the daemon's FPS on the sample-3d recording (colour + depth, located) vs the same colour frames
-without depth, and the locate step's own time per frame, measured inside the running daemon.
+"""Cost of depth: the daemon's FPS on sample-3d's frames with depth (located) vs the same colour frames without
+depth, and the locate step's own time per frame, measured inside the running daemon.
 
-    CI=true .venv/bin/python bench/depth_bench.py --rounds 3 --seconds 10
+    CI=true .venv/bin/python bench/depth_bench.py --rounds 3 --seconds 10 --out bench/results/depth.json
 
 Each round runs the real Daemon in this process (MQTT and the live view off; tracking and targets on, so the
-output path is the production one) once per variant, interleaved: `depth` plays daemon/assets/sample-3d.db3 through
-pyrealsense2 (its depth is registered to colour, so it is read as it is and Located); `depth-d435-like` the same
-frames with their depth as a separate D435-like depth camera sees it (bench/depth_recording.py D435_LIKE_*: another
-size and focal length, 15 mm baseline), so each box's depth samples are mapped into the colour frame;
-`realsense-no-depth` the same colour frames as a colour-only RealSense recording (the camera with depth off: what
-turning depth on costs); `bmp-no-depth` the same frames from a BMP folder. All are played as fast as inference
-takes them (realtime off, looped). FPS = frames processed in the measuring window / window length, after a
-warm-up. The locate time is Locate.run + Located.annotate timed around each call in the output thread, summed per
-frame, per depth variant, as thread CPU time (the work the step adds) and as wall time (which also holds waits for
-the GIL while another thread runs Python or a pyrealsense2 call that keeps the GIL).
+output path is the production one) once per variant, interleaved. Every variant holds sample-3d's 3 frames
+--repeat times over (played as it is, a 3-frame recording makes the daemon restart playback every 3 frames and
+measures the rewinds): `depth` with its depth registered to colour (read as it is and Located); `depth-d435-like`
+with the depth a separate D435-like depth camera sees (bench/depth_recording.py D435_LIKE_*: another size and focal
+length, 15 mm baseline), so each box's depth samples are mapped into the colour frame; `realsense-no-depth` colour
+only (the same camera with depth off: what turning depth on costs); each compressed, as the recorder writes by
+default and sample-3d is, and `-uncompressed` (reading is then about a copy, as from a live camera: the
+camera-like comparison); and `bmp-no-depth`, the frames from a BMP folder. All play as fast as inference takes them
+(realtime off, looped). FPS = frames processed in the measuring window / window length, after a warm-up; a round
+in which playback stalled (the capture thread reporting a failure) is counted in `stalled_rounds` and played again.
+Each depth variant's ratio is against colour only with the same compression. The locate time is Locate.run +
+Located.annotate timed around each call in the output thread, summed per frame, per depth variant, as thread CPU
+time (the work the step adds) and as wall time (which also holds waits for the GIL while another thread runs
+Python or a pyrealsense2 call that keeps the GIL).
 Before the rounds, the capture side alone: `rs_align_ms` is rs.align(rs.stream.color) over one frameset of each
 depth variant (what the capture thread did per frame before it stopped aligning; wall and thread CPU, median of 30
-calls), and `read_ms_median_of_3` the source's read() per frame on each recording, compressed (as the recorder
-writes by default and sample-3d is) and uncompressed: playing a compressed recording decompresses every frame, the
-depth stream's too, which a live camera does not do.
+calls), and `read_ms_median_of_3` the source's read() per frame on each recording: playing a compressed recording
+decompresses every frame, the depth stream's too, which a live camera does not do.
 """
 
 from __future__ import annotations
@@ -44,12 +47,12 @@ from daemon.config import SAMPLE_3D, SourceConfig  # noqa: E402
 from daemon.pipeline import Daemon  # noqa: E402
 
 
-def variants(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Recordings of sample-3d's frames: (to play in the daemon, to time reads on).
-
-    Played: the frames as BMP files (decoding a BMP costs next to nothing), as a colour-only RealSense recording
-    (the same camera with depth off), and with their depth as a D435-like depth camera sees it. Read: the same ten
-    times over (no rewind inside a measurement), compressed as the recorder writes by default and uncompressed."""
+def variants(out: Path, repeat: int) -> dict[str, Path]:
+    """Recordings of sample-3d's frames, `repeat` times over (sample-3d holds 3 frames: played as it is, the
+    daemon would spend its time restarting playback at every rewind, with or without depth), each compressed (as
+    the recorder writes by default and sample-3d is) and uncompressed (reading is then a copy, as from a live
+    camera): with depth registered to colour, with depth as a D435-like depth camera sees it, and colour only (the
+    same camera with depth off); and the frames as BMP files (decoding a BMP costs next to nothing)."""
     from depth_recording import D435_LIKE_DEPTH, D435_LIKE_EXTRINSICS, Camera, depth_camera_view, write_recording
 
     source = make_source(SourceConfig(uri=str(SAMPLE_3D)))
@@ -78,17 +81,13 @@ def variants(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
                              for im, d in zip(images, depths)], d435),
         "realsense-no-depth": ([(im, None) for im in images], {"depth": False}),
     }
-    played = {"depth": SAMPLE_3D}  # the order they play in, each round
-    read = {}
+    played = {}  # the order they play in, each round
     for name, (frames, kw) in kinds.items():
-        if name != "depth":
-            played[name] = out / f"{name}.db3"
-            write_recording(played[name], frames, cam, **kw)
         for suffix, compress in (("", True), ("-uncompressed", False)):
-            read[name + suffix] = out / f"read-{name}{suffix}.db3"
-            write_recording(read[name + suffix], frames * 10, cam, compress=compress, **kw)
+            played[name + suffix] = out / f"{name}{suffix}.db3"
+            write_recording(played[name + suffix], frames * repeat, cam, compress=compress, **kw)
     played["bmp-no-depth"] = folder
-    return played, read
+    return played
 
 
 def read_ms(path: Path, reads: int = 25) -> dict:
@@ -151,7 +150,8 @@ def timed_locate(times: list[tuple[float, float]]) -> None:
     depth_mod.Locate.run, depth_mod.Located.annotate = run_timed, annotate_timed
 
 
-def measure(uri: str, seconds: float, warmup: float, threads: int) -> float:
+def measure(uri: str, seconds: float, warmup: float, threads: int) -> tuple[float, int]:
+    """(FPS over the window, capture failures in it: a playback that stalled for 5 s spoils the round)."""
     cfg = config_mod.validate({"device_id": "bench", "source": {"uri": uri, "realtime": False, "loop": True},
                                "mqtt": {"enabled": False}, "runtime": {"threads": threads},
                                "targets": {"min_age_ms": 0}})
@@ -159,9 +159,9 @@ def measure(uri: str, seconds: float, warmup: float, threads: int) -> float:
     d.start()
     try:
         time.sleep(warmup)
-        n0, t0 = d.stages.processed, time.perf_counter()
+        n0, f0, t0 = d.stages.processed, d.capture.read_failures, time.perf_counter()
         time.sleep(seconds)
-        return (d.stages.processed - n0) / (time.perf_counter() - t0)
+        return (d.stages.processed - n0) / (time.perf_counter() - t0), d.capture.read_failures - f0
     finally:
         d.stop()
 
@@ -172,40 +172,56 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=100, help="times sample-3d's 3 frames are recorded over")
+    p.add_argument("--out", type=Path, help="write the figures (JSON) here too")
     args = p.parse_args()
     locate_s: list[tuple[float, float]] = []
     timed_locate(locate_s)
-    located: dict[str, list[tuple[float, float]]] = {"depth": [], "depth-d435-like": []}
+    depth_variants = [f"{k}{s}" for k in ("depth", "depth-d435-like") for s in ("", "-uncompressed")]
+    located: dict[str, list[tuple[float, float]]] = {name: [] for name in depth_variants}
     with tempfile.TemporaryDirectory() as tmp:
-        paths, to_read = variants(Path(tmp))
+        paths = variants(Path(tmp), args.repeat)
         fps: dict[str, list[float]] = {name: [] for name in paths}
-        align = {name: align_ms(paths[name]) for name in located}
-        reads: dict[str, list[dict]] = {name: [] for name in to_read}
+        stalled: dict[str, int] = {name: 0 for name in paths}
+        align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like")}
+        reads: dict[str, list[dict]] = {name: [] for name in paths if name != "bmp-no-depth"}
         for _ in range(3):  # interleaved, like the rounds
-            for name, path in to_read.items():
-                reads[name].append(read_ms(path))
+            for name in reads:
+                reads[name].append(read_ms(paths[name]))
         for r in range(args.rounds):
             for name, uri in paths.items():
-                locate_s.clear()
-                fps[name].append(round(measure(str(uri), args.seconds, args.warmup, args.threads), 2))
+                for _ in range(3):  # a round whose playback stalled is counted and played again
+                    locate_s.clear()
+                    value, failures = measure(str(uri), args.seconds, args.warmup, args.threads)
+                    if not failures:
+                        break
+                    stalled[name] += 1
+                    print(f"round {r + 1} {name}: playback stalled ({failures}), again", file=sys.stderr)
+                fps[name].append(round(value, 2))
                 located.get(name, []).extend(locate_s)
                 print(f"round {r + 1} {name}: {fps[name][-1]} fps", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in fps.items()}
-    figures = {"fps_rounds": fps, "fps_median": med, "rs_align_ms": align,
+    figures = {"repeat": args.repeat, "fps_rounds": fps, "fps_median": med, "stalled_rounds": stalled,
+               "rs_align_ms": align,
                "read_ms_median_of_3": {name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu")}
                                        for name, rs in reads.items()}}
     for name, times in located.items():
         cpu_ms = sorted(c * 1000 for c, _ in times)
         wall_ms = sorted(w * 1000 for _, w in times)
+        colour_only = "realsense-no-depth" + ("-uncompressed" if name.endswith("-uncompressed") else "")
         figures[name] = {
-            "ratio_vs_realsense_no_depth": round(med[name] / med["realsense-no-depth"], 3),
+            "ratio_vs_colour_only": round(med[name] / med[colour_only], 3),
+            "colour_only": colour_only,
             "ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3),
             "locate_frames": len(cpu_ms),
             "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,
             "locate_cpu_ms_p95": round(cpu_ms[int(0.95 * (len(cpu_ms) - 1))], 3) if cpu_ms else None,
             "locate_wall_ms_median": round(statistics.median(wall_ms), 3) if wall_ms else None,
         }
-    print(json.dumps(figures, indent=1))
+    text = json.dumps(figures, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
     return 0
 
 
