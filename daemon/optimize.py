@@ -102,9 +102,11 @@ def openvino_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: 
 
     nncf.set_log_level(logging.WARNING)  # its per-layer INFO lines drown the progress output
     model = ov.convert_model(str(onnx_path))
+    # NNCF's full bias correction, not its fast one: on v2 at 416 (decode float) the fast one dropped mAP50-95 by
+    # 0.83 points, the full one by 0.34, for ~15 s more here (bench/nncf_settings.py)
     quantized = nncf.quantize(
         model, nncf.Dataset(tensors), preset=nncf.QuantizationPreset.MIXED, subset_size=len(tensors),
-        ignored_scope=nncf.IgnoredScope(patterns=[scope], validate=False))
+        fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(patterns=[scope], validate=False))
     dest = out / "openvino" / "int8" / "model.xml"
     dest.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dest), compress_to_fp16=False)
@@ -483,7 +485,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="COCO annotations JSON for the accuracy gate")
     p.add_argument("--images", help="images of --data (default: <dataset>/<split>)")
     p.add_argument("--class-map", default=None)
-    p.add_argument("--max-drop", type=float, default=1.0, help="max mAP50-95 drop (points) for an INT8 artifact")
+    p.add_argument("--max-drop", type=float, default=0.5, help="max mAP50-95 drop (points) for an INT8 artifact")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only")
     p.add_argument("--imgsz", default=None,
                    help="input sizes, e.g. 320,416,512,640: derive every artifact per size into <model>/sizes/<N>/ "
