@@ -84,6 +84,12 @@ def test_gate_widens_the_float_scope_then_rejects(tmp_path):
                                lambda *a: {"mAP50-95": next(drops), "mAP50": 0, "per_class": {}}, tmp_path, 1.0)
     assert step.accepted and step.attempts[-1]["float_scope"] == "head" and step.attempts[-1]["drop_points"] == 0.3
 
+    # a drop of exactly the limit passes (in floats 0.6119 - 0.6069 is a hair over 0.005)
+    drops = iter([0.6047, 0.6069])
+    step = optimize.gated_int8("openvino", build, {"mAP50-95": 0.6119},
+                               lambda *a: {"mAP50-95": next(drops), "mAP50": 0, "per_class": {}}, tmp_path, 0.5)
+    assert step.accepted and step.attempts[-1]["drop_points"] == 0.5
+
 
 def test_optimize_openvino_and_ncnn_on_the_shipped_model(tmp_path, model_dir, dataset):
     out = tmp_path / "m"
