@@ -14,7 +14,10 @@ default and sample-3d is, and `-uncompressed` (reading is then about a copy, as 
 camera-like comparison); and `bmp-no-depth`, the frames from a BMP folder. All play as fast as inference takes them
 (realtime off, looped). FPS = frames processed in the measuring window / window length, after a warm-up; a round
 in which playback stalled (the capture thread reporting a failure) is counted in `stalled_rounds` and played again.
-Each depth variant's ratio is against colour only with the same compression. The locate time is Locate.run +
+Each depth variant's ratio is against colour only with the same compression. Where the CPU goes:
+`cpu_ms_per_frame_by_thread_median`, each thread's CPU time over the window per processed frame (/proc), the
+daemon's threads by name and every native one (OpenVINO's workers, librealsense's playback) as `native`.
+The locate time is Locate.run +
 Located.annotate timed around each call in the output thread, summed per frame, per depth variant, as thread CPU
 time (the work the step adds) and as wall time (which also holds waits for the GIL while another thread runs
 Python or a pyrealsense2 call that keeps the GIL).
@@ -28,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -150,8 +156,33 @@ def timed_locate(times: list[tuple[float, float]]) -> None:
     depth_mod.Locate.run, depth_mod.Located.annotate = run_timed, annotate_timed
 
 
-def measure(uri: str, seconds: float, warmup: float, threads: int) -> tuple[float, int]:
-    """(FPS over the window, capture failures in it: a playback that stalled for 5 s spoils the round)."""
+def thread_cpu_ms() -> dict[int, float]:
+    """CPU ms so far of every thread of this process (Linux /proc), by native thread id."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) * tick_ms  # utime + stime
+    return out
+
+
+def cpu_per_frame(before: dict[int, float], after: dict[int, float], frames: int) -> dict[str, float]:
+    """CPU ms per processed frame by thread: the daemon's Python threads by name, the runtimes' and librealsense's
+    own threads together as `native`."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, ms in after.items():
+        name = re.sub(r"-\d+$", "", names.get(tid, "native"))
+        out[name] = out.get(name, 0.0) + (ms - before.get(tid, 0.0)) / max(frames, 1)
+    return {k: round(v, 2) for k, v in sorted(out.items())}
+
+
+def measure(uri: str, seconds: float, warmup: float, threads: int) -> tuple[float, int, dict[str, float]]:
+    """(FPS over the window, capture failures in it: a playback that stalled for 5 s spoils the round, CPU ms per
+    frame by thread)."""
     cfg = config_mod.validate({"device_id": "bench", "source": {"uri": uri, "realtime": False, "loop": True},
                                "mqtt": {"enabled": False}, "runtime": {"threads": threads},
                                "targets": {"min_age_ms": 0}})
@@ -159,9 +190,10 @@ def measure(uri: str, seconds: float, warmup: float, threads: int) -> tuple[floa
     d.start()
     try:
         time.sleep(warmup)
-        n0, f0, t0 = d.stages.processed, d.capture.read_failures, time.perf_counter()
+        n0, f0, t0, c0 = d.stages.processed, d.capture.read_failures, time.perf_counter(), thread_cpu_ms()
         time.sleep(seconds)
-        return (d.stages.processed - n0) / (time.perf_counter() - t0), d.capture.read_failures - f0
+        frames, elapsed = d.stages.processed - n0, time.perf_counter() - t0
+        return frames / elapsed, d.capture.read_failures - f0, cpu_per_frame(c0, thread_cpu_ms(), frames)
     finally:
         d.stop()
 
@@ -183,6 +215,7 @@ def main() -> int:
         paths = variants(Path(tmp), args.repeat)
         fps: dict[str, list[float]] = {name: [] for name in paths}
         stalled: dict[str, int] = {name: 0 for name in paths}
+        cpu: dict[str, list[dict]] = {name: [] for name in paths}
         align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like")}
         reads: dict[str, list[dict]] = {name: [] for name in paths if name != "bmp-no-depth"}
         for _ in range(3):  # interleaved, like the rounds
@@ -192,16 +225,20 @@ def main() -> int:
             for name, uri in paths.items():
                 for _ in range(3):  # a round whose playback stalled is counted and played again
                     locate_s.clear()
-                    value, failures = measure(str(uri), args.seconds, args.warmup, args.threads)
+                    value, failures, per_thread = measure(str(uri), args.seconds, args.warmup, args.threads)
                     if not failures:
                         break
                     stalled[name] += 1
                     print(f"round {r + 1} {name}: playback stalled ({failures}), again", file=sys.stderr)
                 fps[name].append(round(value, 2))
+                cpu[name].append(per_thread)
                 located.get(name, []).extend(locate_s)
                 print(f"round {r + 1} {name}: {fps[name][-1]} fps", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in fps.items()}
+    cpu_median = {name: {k: round(statistics.median(r.get(k, 0.0) for r in rounds), 2)
+                         for k in sorted({k for r in rounds for k in r})} for name, rounds in cpu.items()}
     figures = {"repeat": args.repeat, "fps_rounds": fps, "fps_median": med, "stalled_rounds": stalled,
+               "cpu_ms_per_frame_by_thread_median": cpu_median,
                "rs_align_ms": align,
                "read_ms_median_of_3": {name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu")}
                                        for name, rs in reads.items()}}

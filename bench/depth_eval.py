@@ -87,7 +87,7 @@ def score(detections: list[dict], targets: list[dict], truth: dict, camera_to_ar
 
 
 def run(recording: Path, port: int, workdir: Path, camera_to_arm: np.ndarray = CAMERA_TO_ARM, passes: int = 4,
-        timeout_s: float = 120.0) -> tuple[dict, list[dict], list[dict]]:
+        timeout_s: float = 120.0, imgsz: int = 0) -> tuple[dict, list[dict], list[dict]]:
     """Run the daemon on `recording` against a broker on `port`; return (figures, detections, targets)."""
     import yaml
 
@@ -101,7 +101,7 @@ def run(recording: Path, port: int, workdir: Path, camera_to_arm: np.ndarray = C
         "source": {"uri": str(recording), "realtime": False, "loop": True},
         "mqtt": {"port": port, "qos": 1}, "stats": {"interval_s": 60},
         "targets": {"min_age_ms": 0, "min_frames": 2},
-        "calibration": {"camera_to_arm": camera_to_arm.tolist()},
+        "calibration": {"camera_to_arm": camera_to_arm.tolist()}, "model": {"imgsz": imgsz},
     }))
     sub = Subscriber(port, "ripeye/depth-eval/#")
     proc = start_daemon(config)
@@ -127,6 +127,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recording", default=str(SAMPLE_3D))
     p.add_argument("--passes", type=int, default=4, help="times the recording is played")
+    p.add_argument("--imgsz", type=int, default=0, help="model input size (model.imgsz; 0: the folder's default)")
     args = p.parse_args()
     from tests.conftest import Broker
 
@@ -134,7 +135,7 @@ def main() -> int:
         broker = Broker(Path(tmp))
         broker.start()
         try:
-            figures, _, _ = run(Path(args.recording), broker.port, Path(tmp), passes=args.passes)
+            figures, _, _ = run(Path(args.recording), broker.port, Path(tmp), passes=args.passes, imgsz=args.imgsz)
         finally:
             broker.stop()
     print(json.dumps({"recording": args.recording, **figures}, indent=1))
