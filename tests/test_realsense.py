@@ -246,7 +246,11 @@ def test_unregistered_depth_maps_each_box_without_aligning(unregistered):
                 errors.append(float(np.linalg.norm(np.subtract(mine, t["xyz_mm"]))))
                 old_errors.append(float(np.linalg.norm(np.subtract(theirs, t["xyz_mm"]))))
                 agree.append(float(np.linalg.norm(np.subtract(mine, theirs))))
-    assert len(errors) >= 10 * len(both), len(errors)  # most unoccluded tomatoes are seen by both cameras
+    eligible = sum(1 for f in truth["frames"] if f["frame"] in both for t in f["tomatoes"]
+                   if not t["occluded"] and not t["holes"])
+    print(f"seen by both cameras: {len(errors)} of {eligible}")
+    # most unoccluded tomatoes are seen by both cameras (a count per frame broke when the frames lost were the fuller)
+    assert len(errors) >= 0.75 * eligible, (len(errors), eligible)
     assert max(errors) <= 15.0, sorted(errors)[-5:]
     # rs.align resamples the depth image up to colour keeping the nearest depth where pixels overlap, which pulls
     # its z a few mm forward: the two agree within the tolerance, and mapping the samples is no less accurate
