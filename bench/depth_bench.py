@@ -17,10 +17,9 @@ in which playback stalled (the capture thread reporting a failure) is counted in
 Each depth variant's ratio is against colour only with the same compression. Where the CPU goes:
 `cpu_ms_per_frame_by_thread_median`, each thread's CPU time over the window per processed frame (/proc), the
 daemon's threads by name and every native one (OpenVINO's workers, librealsense's playback) as `native`.
-The locate time is Locate.run +
-Located.annotate timed around each call in the output thread, summed per frame, per depth variant, as thread CPU
-time (the work the step adds) and as wall time (which also holds waits for the GIL while another thread runs
-Python or a pyrealsense2 call that keeps the GIL).
+The locate time is Locate.run + Located.annotate timed around each call in the output thread, summed per frame, per
+depth variant, as thread CPU time (the work the step adds) and as wall time (which also holds waits for the GIL
+while another thread runs Python or a pyrealsense2 call that keeps the GIL).
 Before the rounds, the capture side alone: `rs_align_ms` is rs.align(rs.stream.color) over one frameset of each
 depth variant (what the capture thread did per frame before it stopped aligning; wall and thread CPU, median of 30
 calls), and `read_ms_median_of_3` the source's read() per frame on each recording: playing a compressed recording

@@ -96,7 +96,8 @@ def openvino_fp32(onnx_path: Path, out: Path) -> Step:
     return Step("openvino", "fp32", [rel(dest, out), rel(dest.with_suffix(".bin"), out)])
 
 
-def openvino_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: str) -> Step:
+def openvino_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: str, **nncf_settings) -> Step:
+    """NNCF post-training INT8 with `scope` kept float; nncf_settings override nncf.quantize's keywords."""
     import nncf
     import openvino as ov
 
@@ -104,9 +105,9 @@ def openvino_int8(onnx_path: Path, out: Path, tensors: list[np.ndarray], scope: 
     model = ov.convert_model(str(onnx_path))
     # NNCF's full bias correction, not its fast one: on v2 at 416 (decode float) the fast one dropped mAP50-95 by
     # 0.83 points, the full one by 0.34, for ~15 s more here (bench/nncf_settings.py)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(tensors), preset=nncf.QuantizationPreset.MIXED, subset_size=len(tensors),
-        fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(patterns=[scope], validate=False))
+    settings = {"preset": nncf.QuantizationPreset.MIXED, "subset_size": len(tensors), "fast_bias_correction": False,
+                "ignored_scope": nncf.IgnoredScope(patterns=[scope], validate=False), **nncf_settings}
+    quantized = nncf.quantize(model, nncf.Dataset(tensors), **settings)
     dest = out / "openvino" / "int8" / "model.xml"
     dest.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dest), compress_to_fp16=False)
