@@ -43,6 +43,20 @@ def match_frame(dets: list[dict], truth_boxes: list[dict], min_iou: float = 0.5)
     return out
 
 
+def offered_object(target: dict, frames: dict, object_of_track: dict[int, str]) -> str | None:
+    """The tomato an offer sent the arm to: the one its box covers in the frame it was offered from.
+
+    A track's first object is not always it: where two fruit overlap the detector can see them as one box that
+    drifts from the front one to the one behind (3:362 → 3:363 in the clip); the arm goes where the box is.
+    """
+    f = frames.get(target.get("frame_id"))
+    if f is not None and "box" in target:
+        matched = match_frame([target], f["boxes"])
+        if matched:
+            return matched[0]
+    return object_of_track.get(target["track_id"])
+
+
 def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confidence: float = 0.5,
             min_frames: int = 3) -> dict:
     frames = {f["frame"]: f for f in truth["frames"]}
@@ -67,16 +81,18 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     ripe_objects = [o for o in tracks_of if truth_class[o] == "ripe"]
     switches = {o: len(dict.fromkeys(tracks_of[o])) - 1 for o in ripe_objects}
     offered = [e for e in arm_log if e["kind"] == "target" and e["state"] == "available"]
-    offered_objects = {object_of_track.get(e["track_id"]) for e in offered}
+    object_offered = {id(e): offered_object(e, frames, object_of_track) for e in offered}
+    offered_objects = set(object_offered.values())
     # Tomatoes the detector saw as clearly ripe in `min_frames + 1` processed frames in a row: the debounce
     # (min_frames, min_age_ms, smoothed score) must have let each of them through.
     qualifying = [o for o, n in ripe_best.items() if n >= min_frames + 1]
     picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
-    picked_objects = {object_of_track.get(t): when for t, when in picked_at.items()}
+    object_of_pick = {e["track_id"]: object_offered[id(e)] for e in offered}
+    picked_objects = {object_of_pick.get(t, object_of_track.get(t)): when for t, when in picked_at.items()}
     reannounced = [e for e in offered if e["track_id"] in picked_at and e["arrived"] > picked_at[e["track_id"]]]
     reoffered_objects = [e for e in offered if e["track_id"] not in picked_at
-                         and object_of_track.get(e["track_id"]) in picked_objects
-                         and e["arrived"] > picked_objects[object_of_track.get(e["track_id"])]]
+                         and object_offered[id(e)] is not None and object_offered[id(e)] in picked_objects
+                         and e["arrived"] > picked_objects[object_offered[id(e)]]]
     det_latency = [m["published_at"] - m["captured_at"] for m in detections]
     target_latency = [e["published_at"] - e["captured_at"] for e in offered if "published_at" in e]
     return {
