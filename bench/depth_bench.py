@@ -14,7 +14,9 @@ default and sample-3d is, and `-uncompressed` (reading is then about a copy, as 
 camera-like comparison); and `bmp-no-depth`, the frames from a BMP folder. All play as fast as inference takes them
 (realtime off, looped). FPS = frames processed in the measuring window / window length, after a warm-up; a round
 in which playback stalled (the capture thread reporting a failure) is counted in `stalled_rounds` and played again.
-Each depth variant's ratio is against colour only with the same compression. Where the CPU goes:
+Each depth variant's ratio is against colour only with the same compression: of the medians, and per round
+(`ratio_per_round`, the two played in the same round, so drift on a shared machine shows as their spread);
+`--only` plays some variants, e.g. the camera-like pair for more rounds in the same time. Where the CPU goes:
 `cpu_ms_per_frame_by_thread_median`, each thread's CPU time over the window per processed frame (/proc), the
 daemon's threads by name and every native one (OpenVINO's workers, librealsense's playback) as `native`.
 The locate time is Locate.run + Located.annotate timed around each call in the output thread, summed per frame, per
@@ -204,6 +206,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeat", type=int, default=100, help="times sample-3d's 3 frames are recorded over")
+    p.add_argument("--only", default="", help="comma-separated variants to play (default: all), e.g. "
+                   "depth-uncompressed,realsense-no-depth-uncompressed for more rounds of the camera-like pair")
     p.add_argument("--out", type=Path, help="write the figures (JSON) here too")
     args = p.parse_args()
     locate_s: list[tuple[float, float]] = []
@@ -212,10 +216,18 @@ def main() -> int:
     located: dict[str, list[tuple[float, float]]] = {name: [] for name in depth_variants}
     with tempfile.TemporaryDirectory() as tmp:
         paths = variants(Path(tmp), args.repeat)
+        if args.only:
+            wanted = args.only.split(",")
+            unknown = sorted(set(wanted) - set(paths))
+            if unknown:
+                p.error(f"--only: unknown variant(s) {unknown}; known: {sorted(paths)}")
+            paths = {name: uri for name, uri in paths.items() if name in wanted}
+        depth_variants = [name for name in depth_variants if name in paths]
+        located = {name: located[name] for name in depth_variants}
         fps: dict[str, list[float]] = {name: [] for name in paths}
         stalled: dict[str, int] = {name: 0 for name in paths}
         cpu: dict[str, list[dict]] = {name: [] for name in paths}
-        align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like")}
+        align = {name: align_ms(paths[name]) for name in ("depth", "depth-d435-like") if name in paths}
         reads: dict[str, list[dict]] = {name: [] for name in paths if name != "bmp-no-depth"}
         for _ in range(3):  # interleaved, like the rounds
             for name in reads:
@@ -245,10 +257,16 @@ def main() -> int:
         cpu_ms = sorted(c * 1000 for c, _ in times)
         wall_ms = sorted(w * 1000 for _, w in times)
         colour_only = "realsense-no-depth" + ("-uncompressed" if name.endswith("-uncompressed") else "")
+        if colour_only not in med:
+            continue
+        # the two of a round were played minutes apart at most: the spread of these ratios is the drift's
+        per_round = [round(a / b, 3) for a, b in zip(fps[name], fps[colour_only])]
         figures[name] = {
             "ratio_vs_colour_only": round(med[name] / med[colour_only], 3),
             "colour_only": colour_only,
-            "ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3),
+            "ratio_per_round": per_round,
+            "ratio_per_round_median": statistics.median(per_round),
+            **({"ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3)} if "bmp-no-depth" in med else {}),
             "locate_frames": len(cpu_ms),
             "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,
             "locate_cpu_ms_p95": round(cpu_ms[int(0.95 * (len(cpu_ms) - 1))], 3) if cpu_ms else None,
