@@ -199,6 +199,7 @@ def export(args) -> Path:
     best = Path(args.weights) if args.weights else run_dir / "weights" / "best.pt"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    name = getattr(args, "model_name", None) or model_name(out)
     model = YOLO(str(best))
     onnx_path = Path(model.export(format="onnx", imgsz=args.export_imgsz, batch=1, dynamic=False,
                                   simplify=True, opset=17))
@@ -212,12 +213,12 @@ def export(args) -> Path:
 
     # the source names itself too (before it is hashed: its hash is the model version, so it carries no hash)
     artifact_info.stamp(out / "model.onnx", artifact_info.describe(
-        {"name": model_name(out), "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "",
+        {"name": name, "class_names": names, "input_size": [args.export_imgsz, args.export_imgsz]}, "",
         "onnx", "fp32"))
     train_args = dict(model.ckpt.get("train_args", {})) if getattr(model, "ckpt", None) else {}
     calib = (out / "calibration.txt")
     meta = {
-        "name": model_name(out),
+        "name": name,
         "task": "detect",
         "architecture": "yolo11n",
         "class_names": names,
@@ -319,6 +320,9 @@ def add_arguments(p) -> None:
                        help=f"Ultralytics augmentation '{key}'")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
     p.add_argument("--out", default="models/tomato-yolo11n")
+    p.add_argument("--model-name", default=None,
+                   help="the model's name in metadata.json and the artifacts (default: the --out folder's, or for "
+                        "<model>/sizes/<N>/ the model folder's); set it when --out is a staging folder")
     p.add_argument("--weights", default=None, help="export these weights instead of the run's best.pt")
     p.add_argument("--calib-count", type=int, default=100)
     p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")

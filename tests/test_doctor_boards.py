@@ -47,7 +47,11 @@ def test_jetson_with_tensorrt_provider_has_no_cpu_warning(tmp_path, capsys):
 def test_doctor_describes_the_model_variant_the_daemon_loads(tmp_path, capsys, model_dir):
     import json
 
-    for model, size in (({"path": str(model_dir)}, 416), ({"path": str(model_dir), "imgsz": 640}, 640)):
+    from daemon.model import default_size
+
+    # the folder's own default (640 since session 7), and another size chosen by model.imgsz
+    for model, size in (({"path": str(model_dir)}, default_size(model_dir)),
+                        ({"path": str(model_dir), "imgsz": 416}, 416)):
         cfg = write_config(tmp_path / "c.yaml", {"model": model})
         doctor.main(argparse.Namespace(config=str(cfg), json=True, strict=False), facts=board("pi5"))
         report = json.loads(capsys.readouterr().out)

@@ -20,7 +20,7 @@ def test_shipped_model_offers_each_size(model_dir):
     assert list(variants) == SHIPPED_SIZES
     assert variants[640] == model_dir
     # the default-size rule's answer for the shipped model (bench/board_table.py --set-default; model card)
-    assert default_size(model_dir) == 416
+    assert default_size(model_dir) == 640  # 416 was, until stage 4 made 640 2.35 points better (session 7)
     assert load_bundle(variants[416]).metadata["training"]["settings"]["imgsz"] == 416  # trained at its size
     for size in (320, 416, 512):
         bundle = load_bundle(variants[size])
@@ -32,8 +32,9 @@ def test_shipped_model_offers_each_size(model_dir):
 
 
 def test_select_size_names_the_sizes_present(model_dir, tmp_path):
-    assert select_size(model_dir, 0) == model_dir / "sizes" / "416"  # the size the shipped folder recommends
+    assert select_size(model_dir, 0) == model_dir  # the size the shipped folder recommends: 640, the folder itself
     assert select_size(model_dir, 640) == model_dir
+    assert select_size(model_dir, 416) == model_dir / "sizes" / "416"
     assert select_size(model_dir, 320) == model_dir / "sizes" / "320"
     with pytest.raises(SizeNotFound, match="sizes present: 320, 416, 512, 640"):
         select_size(model_dir, 384)

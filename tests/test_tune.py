@@ -21,6 +21,6 @@ def test_tune_caches_winner_and_measured_backend_uses_it(tmp_path, model_dir):
     det = load_detector(model_dir, "measured", "auto", RuntimeOptions(cache_dir=tmp_path / "cache"))
     assert (det.backend, det.runtime.precision) == (entry["backend"], entry["precision"])
     # tuned on the variant the daemon loads (the size the folder recommends), so the daemon finds the result
-    assert cached_winner(tmp_path / "cache", det.bundle) == entry and det.bundle.input_size == (416, 416)
+    assert cached_winner(tmp_path / "cache", det.bundle) == entry and det.bundle.input_size == (640, 640)
     doc = subprocess.run([*RIPEYE, "doctor", "--config", str(cfg)], cwd=REPO, capture_output=True, text=True)
     assert "measured winner cached by `ripeye tune`" in doc.stdout and "tune cache" in doc.stdout
