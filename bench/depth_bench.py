@@ -257,16 +257,16 @@ def main() -> int:
         cpu_ms = sorted(c * 1000 for c, _ in times)
         wall_ms = sorted(w * 1000 for _, w in times)
         colour_only = "realsense-no-depth" + ("-uncompressed" if name.endswith("-uncompressed") else "")
-        if colour_only not in med:
-            continue
-        # the two of a round were played minutes apart at most: the spread of these ratios is the drift's
-        per_round = [round(a / b, 3) for a, b in zip(fps[name], fps[colour_only])]
+        ratios = {}
+        if colour_only in med:
+            # the two of a round were played minutes apart at most: the spread of these ratios is the drift's
+            per_round = [round(a / b, 3) for a, b in zip(fps[name], fps[colour_only])]
+            ratios = {"ratio_vs_colour_only": round(med[name] / med[colour_only], 3), "colour_only": colour_only,
+                      "ratio_per_round": per_round, "ratio_per_round_median": statistics.median(per_round)}
+        if "bmp-no-depth" in med:
+            ratios["ratio_vs_bmp_no_depth"] = round(med[name] / med["bmp-no-depth"], 3)
         figures[name] = {
-            "ratio_vs_colour_only": round(med[name] / med[colour_only], 3),
-            "colour_only": colour_only,
-            "ratio_per_round": per_round,
-            "ratio_per_round_median": statistics.median(per_round),
-            **({"ratio_vs_bmp_no_depth": round(med[name] / med["bmp-no-depth"], 3)} if "bmp-no-depth" in med else {}),
+            **ratios,
             "locate_frames": len(cpu_ms),
             "locate_cpu_ms_median": round(statistics.median(cpu_ms), 3) if cpu_ms else None,
             "locate_cpu_ms_p95": round(cpu_ms[int(0.95 * (len(cpu_ms) - 1))], 3) if cpu_ms else None,

@@ -65,6 +65,10 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     ripe_run: dict[str, int] = {}  # current run of consecutive clearly-ripe observations per object
     ripe_best: dict[str, int] = {}  # longest such run
     object_of_track: dict[int, str] = {}
+    picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
+    # the tomato each picked track was offered for (the last offer before its pick)
+    picked_for = {e["track_id"]: offered_object(e, frames, {}) for e in arm_log
+                  if e["kind"] == "target" and e["state"] == "available" and e["track_id"] in picked_at}
     for msg in sorted(detections, key=lambda m: m["frame_id"]):
         f = frames.get(msg["frame_id"])
         if f is None:
@@ -75,7 +79,11 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
                 continue
             tracks_of.setdefault(obj, []).append(d["track_id"])
             object_of_track.setdefault(d["track_id"], obj)
-            clearly_ripe = d["class"] == "ripe" and d["confidence"] >= min_confidence
+            # Another tomato seen on a track the arm already picked cannot be offered through it (picked is final
+            # for a track): one box over two overlapping fruit can drift from the picked one onto the one behind.
+            drifted = (msg.get("published_at", 0.0) > picked_at.get(d["track_id"], float("inf"))
+                       and picked_for.get(d["track_id"]) not in (None, obj))
+            clearly_ripe = d["class"] == "ripe" and d["confidence"] >= min_confidence and not drifted
             ripe_run[obj] = ripe_run.get(obj, 0) + 1 if clearly_ripe else 0
             ripe_best[obj] = max(ripe_best.get(obj, 0), ripe_run[obj])
     ripe_objects = [o for o in tracks_of if truth_class[o] == "ripe"]
@@ -86,7 +94,6 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     # Tomatoes the detector saw as clearly ripe in `min_frames + 1` processed frames in a row: the debounce
     # (min_frames, min_age_ms, smoothed score) must have let each of them through.
     qualifying = [o for o, n in ripe_best.items() if n >= min_frames + 1]
-    picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
     object_of_pick = {e["track_id"]: object_offered[id(e)] for e in offered}
     picked_objects = {object_of_pick.get(t, object_of_track.get(t)): when for t, when in picked_at.items()}
     reannounced = [e for e in offered if e["track_id"] in picked_at and e["arrived"] > picked_at[e["track_id"]]]

@@ -46,3 +46,20 @@ def test_an_offer_counts_for_the_tomato_its_box_covers_when_offered():
     f = harvest_eval.analyse(detections, arm_log, truth)
     assert f["qualifying_ripe"] == 1 and f["qualifying_offered"] == 1, f
     assert f["not_offered"] == {} and f["reoffered_same_tomato_after_pick"] == 0, f
+
+
+def test_a_tomato_seen_only_on_an_already_picked_track_does_not_qualify():
+    """One box over two overlapping fruit, offered and picked over the front one (a), then drifting onto the one
+    behind (b) for many frames: the picked track is final, so b was never offerable through it."""
+    box_a, box_b = [0, 0, 40, 40], [30, 0, 70, 40]
+    truth = {"frames": [{"frame": i, "boxes": [{"object": "a", "class": "ripe", "box": box_a},
+                                               {"object": "b", "class": "ripe", "box": box_b}]}
+                        for i in range(1, 11)]}
+    detections = [{"frame_id": i, "captured_at": i, "published_at": i + 0.01,
+                   "detections": [{"box": box_a if i <= 4 else box_b, "class": "ripe", "confidence": 0.8,
+                                   "track_id": 7}]} for i in range(1, 11)]
+    arm_log = [{"kind": "target", "state": "available", "track_id": 7, "frame_id": 4, "box": box_a,
+                "arrived": 4.02, "captured_at": 4.0, "published_at": 4.01},
+               {"kind": "picked_result", "ok": True, "track_id": 7, "arrived": 4.5}]
+    f = harvest_eval.analyse(detections, arm_log, truth)
+    assert f["qualifying_ripe"] == 1 and f["qualifying_offered"] == 1 and f["not_offered"] == {}, f
