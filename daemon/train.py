@@ -171,7 +171,11 @@ def train(args) -> Path:
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    if last.exists() and not args.restart:
+    state = checkpoint_state(torch.load(last, map_location="cpu", weights_only=False)) if last.exists() else None
+    if state == "finished" and not args.restart:
+        # Ultralytics would start a fresh run on its own default data (coco8) from a finished checkpoint
+        print(f"{run_dir} finished its training already: exporting its best.pt (--restart trains it again)")
+    elif state == "interrupted" and not args.restart:
         print(f"resuming {last}")
         YOLO(str(last)).train(resume=True, device=device)
     else:
@@ -187,6 +191,12 @@ def train(args) -> Path:
         )
     print(f"training wall time this call: {time.time() - t0:.0f} s")
     return run_dir / "weights" / "best.pt"
+
+
+def checkpoint_state(ckpt: dict) -> str:
+    """'interrupted' when an Ultralytics checkpoint can resume, 'finished' when training stripped it at the end."""
+    # a finished run's last.pt has its optimizer stripped and epoch set to -1 (Ultralytics' strip_optimizer)
+    return "interrupted" if ckpt.get("optimizer") is not None and ckpt.get("epoch", -1) >= 0 else "finished"
 
 
 def export(args) -> Path:

@@ -78,3 +78,12 @@ def test_a_size_folder_is_named_after_its_model(tmp_path):
     assert train.model_name(tmp_path / "tomato-yolo11n" / "sizes" / "416") == "tomato-yolo11n"
     assert train.model_name(tmp_path / "tomato-yolo11n") == "tomato-yolo11n"
     assert train.model_name(tmp_path / "sizes") == "sizes"
+
+
+def test_only_an_interrupted_checkpoint_is_resumed():
+    # Ultralytics' checkpoint dicts: mid-run (optimizer state, epoch ≥ 0) and after strip_optimizer (None, -1);
+    # resuming a finished one makes Ultralytics start a new run on its default coco8 data
+    assert train.checkpoint_state({"epoch": 1, "optimizer": {"state": {}}}) == "interrupted"
+    assert train.checkpoint_state({"epoch": 0, "optimizer": {}}) == "interrupted"
+    assert train.checkpoint_state({"epoch": -1, "optimizer": None}) == "finished"
+    assert train.checkpoint_state({"epoch": 5, "optimizer": None}) == "finished"
