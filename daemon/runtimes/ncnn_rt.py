@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ncnn  # noqa: E402,I001
 import numpy as np
 
@@ -22,7 +24,7 @@ class NcnnRuntime(Runtime):
         weights = require_file(param.with_suffix(".bin"), "NCNN weights file")
         self.net = ncnn.Net()
         self.net.opt.use_vulkan_compute = False
-        self.net.opt.num_threads = options.threads or __import__("os").cpu_count() or 1
+        self.net.opt.num_threads = options.threads or os.cpu_count() or 1
         fp16 = precision == "fp16"
         self.net.opt.use_fp16_storage = fp16
         self.net.opt.use_fp16_packed = fp16
