@@ -43,8 +43,9 @@ def match_frame(dets: list[dict], truth_boxes: list[dict], min_iou: float = 0.5)
     return out
 
 
-def offered_object(target: dict, frames: dict, object_of_track: dict[int, str]) -> str | None:
-    """The tomato an offer sent the arm to: the one its box covers in the frame it was offered from.
+def offered_object(target: dict, frames: dict) -> str | None:
+    """The tomato an offer sent the arm to: the one its box covers in the frame it was offered from (None when it
+    covers none).
 
     A track's first object is not always it: where two fruit overlap the detector can see them as one box that
     drifts from the front one to the one behind (3:362 → 3:363 in the clip); the arm goes where the box is.
@@ -54,7 +55,7 @@ def offered_object(target: dict, frames: dict, object_of_track: dict[int, str]) 
         matched = match_frame([target], f["boxes"])
         if matched:
             return matched[0]
-    return object_of_track.get(target["track_id"])
+    return None
 
 
 def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confidence: float = 0.5,
@@ -66,9 +67,11 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     ripe_best: dict[str, int] = {}  # longest such run
     object_of_track: dict[int, str] = {}
     picked_at = {e["track_id"]: e["arrived"] for e in arm_log if e["kind"] == "picked_result" and e.get("ok")}
+    offered = [e for e in arm_log if e["kind"] == "target" and e["state"] == "available"]
+    # each offer's tomato by its box alone (the track's first tomato, known after the loop, is the fallback)
+    offered_by_box = {id(e): offered_object(e, frames) for e in offered}
     # the tomato each picked track was offered for (the last offer before its pick)
-    picked_for = {e["track_id"]: offered_object(e, frames, {}) for e in arm_log
-                  if e["kind"] == "target" and e["state"] == "available" and e["track_id"] in picked_at}
+    picked_for = {e["track_id"]: offered_by_box[id(e)] for e in offered if e["track_id"] in picked_at}
     for msg in sorted(detections, key=lambda m: m["frame_id"]):
         f = frames.get(msg["frame_id"])
         if f is None:
@@ -88,8 +91,7 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
             ripe_best[obj] = max(ripe_best.get(obj, 0), ripe_run[obj])
     ripe_objects = [o for o in tracks_of if truth_class[o] == "ripe"]
     switches = {o: len(dict.fromkeys(tracks_of[o])) - 1 for o in ripe_objects}
-    offered = [e for e in arm_log if e["kind"] == "target" and e["state"] == "available"]
-    object_offered = {id(e): offered_object(e, frames, object_of_track) for e in offered}
+    object_offered = {id(e): offered_by_box[id(e)] or object_of_track.get(e["track_id"]) for e in offered}
     offered_objects = set(object_offered.values())
     # Tomatoes the detector saw as clearly ripe in `min_frames + 1` processed frames in a row: the debounce
     # (min_frames, min_age_ms, smoothed score) must have let each of them through.

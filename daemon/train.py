@@ -171,11 +171,13 @@ def train(args) -> Path:
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    state = checkpoint_state(torch.load(last, map_location="cpu", weights_only=False)) if last.exists() else None
-    if state == "finished" and not args.restart:
+    state = None
+    if last.exists() and not args.restart:
+        state = checkpoint_state(torch.load(last, map_location="cpu", weights_only=False))
+    if state == "finished":
         # Ultralytics would start a fresh run on its own default data (coco8) from a finished checkpoint
         print(f"{run_dir} finished its training already: exporting its best.pt (--restart trains it again)")
-    elif state == "interrupted" and not args.restart:
+    elif state == "interrupted":
         print(f"resuming {last}")
         YOLO(str(last)).train(resume=True, device=device)
     else:
@@ -200,7 +202,7 @@ def checkpoint_state(ckpt: dict) -> str:
 
 
 def export(args) -> Path:
-    """Export best.pt to a static 640x640 ONNX plus metadata into the model folder."""
+    """Export best.pt to a static --export-imgsz square ONNX plus metadata into the model folder."""
     work = Path(args.work).resolve()
     offline_env(work)
     from ultralytics import YOLO
