@@ -183,16 +183,24 @@ def train(args) -> Path:
     else:
         # --init starts from earlier weights (e.g. the shipped model.pt) instead of random: no hub download here
         model = YOLO(args.init) if args.init else YOLO("yolo11n.yaml")
-        augment = {k: getattr(args, k) for k in AUGMENT_KEYS if getattr(args, k) is not None}
-        model.train(
-            data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed,
-            deterministic=True, workers=args.workers, device=device, project=str(work / "runs"), name=args.name,
-            exist_ok=True, pretrained=bool(args.init), plots=False, patience=0, cache="ram", amp=False,
-            close_mosaic=max(1, args.epochs // 10), verbose=True, optimizer=args.optimizer,
-            **({"lr0": args.lr0} if args.lr0 else {}), cos_lr=args.cos_lr, **augment,
-        )
+        model.train(data=str(data_yaml), device=device, project=str(work / "runs"), **train_settings(args))
     print(f"training wall time this call: {time.time() - t0:.0f} s")
     return run_dir / "weights" / "best.pt"
+
+
+def train_settings(args) -> dict:
+    """The Ultralytics `train` settings a fresh stage runs with (data, device and project aside)."""
+    augment = {k: getattr(args, k) for k in AUGMENT_KEYS if getattr(args, k) is not None}
+    return dict(
+        epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed, deterministic=True,
+        workers=args.workers, name=args.name, exist_ok=True, pretrained=bool(args.init), plots=False, patience=0,
+        cache="ram", amp=False, verbose=True, optimizer=args.optimizer, cos_lr=args.cos_lr,
+        close_mosaic=args.close_mosaic if args.close_mosaic is not None else max(1, args.epochs // 10),
+        **({"lr0": args.lr0} if args.lr0 else {}),
+        # unset, Ultralytics' own default (3 warm-up epochs) applies
+        **({"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}),
+        **augment,
+    )
 
 
 def checkpoint_state(ckpt: dict) -> str:
@@ -325,6 +333,10 @@ def add_arguments(p) -> None:
     p.add_argument("--optimizer", default="auto", help="Ultralytics optimizer (auto, AdamW, SGD)")
     p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: Ultralytics' choice)")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
+    # a stage fine-tuning earlier weights may not want Ultralytics' 3 warm-up epochs (bias rate from 0.1 down)
+    p.add_argument("--warmup-epochs", type=float, default=None, help="Ultralytics' warm-up epochs (default 3)")
+    p.add_argument("--close-mosaic", type=int, default=None,
+                   help="last epochs trained without mosaic (default: a tenth of --epochs, at least 1)")
     p.add_argument("--oversample", default=None, help="repeat training images showing this class (e.g. ripe)")
     p.add_argument("--oversample-factor", type=int, default=2, help="copies of each image showing --oversample")
     for key in AUGMENT_KEYS:

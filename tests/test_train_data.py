@@ -87,3 +87,23 @@ def test_only_an_interrupted_checkpoint_is_resumed():
     assert train.checkpoint_state({"epoch": 0, "optimizer": {}}) == "interrupted"
     assert train.checkpoint_state({"epoch": -1, "optimizer": None}) == "finished"
     assert train.checkpoint_state({"epoch": 5, "optimizer": None}) == "finished"
+
+
+def _train_args(*argv):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_train_settings_default_and_fine_tuning_flags():
+    # defaults: Ultralytics' own warm-up, mosaic closed for the last tenth, no augmentation key overridden
+    s = train.train_settings(_train_args("--epochs", "40"))
+    assert s["close_mosaic"] == 4 and "warmup_epochs" not in s and "mosaic" not in s and "lr0" not in s
+    assert train.train_settings(_train_args("--epochs", "5"))["close_mosaic"] == 1
+    # a fine-tuning stage: no warm-up, no mosaic for the whole run, its own rate and augmentation
+    s = train.train_settings(_train_args("--epochs", "10", "--warmup-epochs", "0", "--close-mosaic", "10",
+                                         "--lr0", "0.0001", "--mixup", "0.1", "--init", "w.pt"))
+    assert (s["warmup_epochs"], s["close_mosaic"], s["lr0"], s["mixup"], s["pretrained"]) == (0, 10, 0.0001, 0.1, True)
+    assert set(train.RECIPE_KEYS) - {"lrf"} <= set(s) | set(train.AUGMENT_KEYS)
