@@ -158,7 +158,7 @@ def test_corrupt_artifact_falls_back_to_next_backend(tmp_path, broker, subscribe
     (folder / "broken.xml").write_text("<net>not really</net>")
     (folder / "broken.bin").write_bytes(b"\x00")
     sub = subscriber_factory(broker.port, "ripeye/testbox/#")
-    # imgsz 640: the folder's own artifacts (by default it would load the size it recommends, sizes/416/)
+    # imgsz 640: the folder's own artifacts, whichever size its metadata recommends
     proc = start_daemon(_cfg(tmp_path, broker, model={"path": str(folder), "precision": "fp32", "imgsz": 640},
                              runtime={"backend": "openvino"}))
     try:

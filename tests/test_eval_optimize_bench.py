@@ -129,7 +129,7 @@ def test_rejected_artifact_is_never_loaded(tmp_path, model_dir):
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     from daemon.detector import load_detector
 
-    # imgsz 640: the folder's own manifest (by default it would load the size it recommends, sizes/416/)
+    # imgsz 640: the folder's own manifest, whichever size its metadata recommends
     det = load_detector(tmp_path / "m", "openvino", "auto", imgsz=640)
     assert det.runtime.precision == "fp32"
     with pytest.raises(Exception, match="no int8 artifact"):
