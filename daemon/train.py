@@ -43,8 +43,27 @@ def parse_class_map(text: str | None) -> dict[str, str]:
     return out
 
 
-def coco_to_yolo_labels(coco: dict, class_map: dict[str, str]) -> tuple[dict[str, list[str]], list[str]]:
-    """Convert COCO boxes to YOLO label lines per image file name; returns (labels, class names in id order)."""
+def polygon_line(class_id: int, ann: dict, w: float, h: float, box: tuple[float, float, float, float]) -> str:
+    """One YOLO segment label line: the annotation's outline, normalised and clipped to the image.
+
+    Ultralytics reads a file as polygons when any line has more than 5 values, then takes each box from its polygon's
+    extent; so an annotation without a usable polygon (RLE, empty) is written as its box's four corners.
+    """
+    seg = ann.get("segmentation")
+    pts = seg[0] if isinstance(seg, list) and len(seg) == 1 and len(seg[0]) >= 6 else None
+    if pts is None:
+        x1, y1, x2, y2 = box
+        pts = [x1, y1, x2, y1, x2, y2, x1, y2]
+    coords = [min(1.0, max(0.0, v / (w if i % 2 == 0 else h))) for i, v in enumerate(pts)]
+    return f"{class_id} " + " ".join(f"{v:.6f}" for v in coords)
+
+
+def coco_to_yolo_labels(coco: dict, class_map: dict[str, str],
+                        polygons: bool = False) -> tuple[dict[str, list[str]], list[str]]:
+    """Convert COCO boxes to YOLO label lines per image file name; returns (labels, class names in id order).
+
+    With `polygons`, each line is the object's outline instead (what Ultralytics' copy-paste cuts out).
+    """
     names = list(dict.fromkeys(class_map.values()))
     cat_to_id = {}
     for cat in coco["categories"]:
@@ -64,6 +83,9 @@ def coco_to_yolo_labels(coco: dict, class_map: dict[str, str]) -> tuple[dict[str
         x1, y1 = max(0.0, x), max(0.0, y)
         x2, y2 = min(w, x + bw), min(h, y + bh)
         if x2 <= x1 or y2 <= y1:
+            continue
+        if polygons:
+            labels[im["file_name"]].append(polygon_line(cat_to_id[ann["category_id"]], ann, w, h, (x1, y1, x2, y2)))
             continue
         cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
         labels[im["file_name"]].append(
@@ -86,17 +108,18 @@ def oversample_plan(labels: dict[str, list[str]], class_id: int | None, factor: 
 
 
 def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("train", "valid"),
-                    oversample: str | None = None, oversample_factor: int = 1) -> Path:
+                    oversample: str | None = None, oversample_factor: int = 1, polygons: bool = False) -> Path:
     """Write the Ultralytics layout (symlinked images, label txts, data.yaml) under work/dataset.
 
     With `oversample` (a class name), training images showing that class appear `oversample_factor` times (extra
-    symlinks named `<stem>__dupN<ext>`); the validation split is never repeated.
+    symlinks named `<stem>__dupN<ext>`); the validation split is never repeated. With `polygons`, the training
+    labels are outlines (for copy-paste); validation keeps boxes, so its scores compare with box-trained stages.
     """
     ds = work / "dataset"
     names: list[str] = []
     for split in splits:
         coco = json.loads((root / "annotations" / f"{split}.json").read_text())
-        labels, names = coco_to_yolo_labels(coco, class_map)
+        labels, names = coco_to_yolo_labels(coco, class_map, polygons=polygons and split == "train")
         if oversample is not None and oversample not in names:
             raise ValueError(f"--oversample {oversample!r} is not a class; classes: {names}")
         class_id = names.index(oversample) if oversample and split == "train" else None
@@ -166,7 +189,8 @@ def train(args) -> Path:
         torch_utils.NUM_THREADS = threads
     class_map = parse_class_map(args.class_map)
     data_yaml = prepare_dataset(Path(args.data), work, class_map, oversample=args.oversample,
-                                oversample_factor=args.oversample_factor)
+                                oversample_factor=args.oversample_factor,
+                                polygons=bool(getattr(args, "copy_paste", None)))
     run_dir = work / "runs" / args.name
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
@@ -267,7 +291,9 @@ def export(args) -> Path:
 
 
 # Ultralytics augmentation hyper-parameters exposed as flags (None keeps Ultralytics' default)
-AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v")
+# copy_paste pastes mirrored fruit outlines into free space (the labels become polygons for it)
+AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v",
+                "copy_paste")
 
 # The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
 RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",

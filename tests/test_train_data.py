@@ -26,6 +26,46 @@ def test_coco_to_yolo_labels_normalised_and_clipped():
     assert labels["x.jpg"] == ["1 0.150000 0.350000 0.200000 0.300000", "0 0.950000 0.950000 0.100000 0.100000"]
 
 
+def test_polygon_labels_for_copy_paste():
+    """`ripeye train --copy-paste P` writes outlines: normalised, clipped, and a box's corners where none exists."""
+    coco = {"categories": [{"id": 1, "name": "b_fully_ripened"}, {"id": 2, "name": "b_green"},
+                           {"id": 3, "name": "b_half_ripened"}],
+            "images": [{"id": 7, "file_name": "x.jpg", "width": 200, "height": 100}],
+            "annotations": [{"image_id": 7, "category_id": 1, "bbox": [10, 20, 40, 30],
+                             "segmentation": [[10, 20, 50, 20, 30, 50]]},
+                            {"image_id": 7, "category_id": 2, "bbox": [180, 90, 40, 30],  # no outline, off the edge
+                             "segmentation": {"counts": "rle", "size": [100, 200]}}]}
+    labels, _ = train.coco_to_yolo_labels(coco, train.parse_class_map(None), polygons=True)
+    assert labels["x.jpg"] == ["0 0.050000 0.200000 0.250000 0.200000 0.150000 0.500000",
+                               "2 0.900000 0.900000 1.000000 0.900000 1.000000 1.000000 0.900000 1.000000"]
+
+
+def test_real_dataset_polygons_keep_the_boxes(dataset, tmp_path):
+    """Ultralytics takes each box from its polygon's extent: on the real data that must be the COCO box (< 1 px)."""
+    coco = json.loads((dataset / "annotations" / "train.json").read_text())
+    boxes, _ = train.coco_to_yolo_labels(coco, train.parse_class_map(None))
+    outlines, _ = train.coco_to_yolo_labels(coco, train.parse_class_map(None), polygons=True)
+    size = {im["file_name"]: (im["width"], im["height"]) for im in coco["images"]}
+    worst = 0.0
+    for fname, lines in boxes.items():
+        w, h = size[fname]
+        assert len(outlines[fname]) == len(lines)
+        for box_line, poly_line in zip(lines, outlines[fname]):
+            c, cx, cy, bw, bh = (float(v) for v in box_line.split())
+            poly = [float(v) for v in poly_line.split()]
+            xs, ys = poly[1::2], poly[2::2]
+            assert poly[0] == c and len(xs) >= 3
+            extent = (min(xs) * w, min(ys) * h, max(xs) * w, max(ys) * h)
+            box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+            worst = max(worst, *(abs(a - b) for a, b in zip(extent, box)))
+    assert worst < 1.0
+    train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None), polygons=True)
+    ds = tmp_path / "dataset" / "labels"
+    assert len(next((ds / "train").glob("*.txt")).read_text().split("\n")[0].split()) > 5  # outlines for training
+    assert all(len(line.split()) == 5 for f in (ds / "valid").glob("*.txt")  # boxes for validation
+               for line in f.read_text().splitlines())
+
+
 def test_real_dataset_labels_and_stratified_calibration(dataset, tmp_path):
     data_yaml = train.prepare_dataset(dataset, tmp_path, train.parse_class_map(None))
     assert "names" in data_yaml.read_text()
@@ -107,3 +147,5 @@ def test_train_settings_default_and_fine_tuning_flags():
                                          "--lr0", "0.0001", "--mixup", "0.1", "--init", "w.pt"))
     assert (s["warmup_epochs"], s["close_mosaic"], s["lr0"], s["mixup"], s["pretrained"]) == (0, 10, 0.0001, 0.1, True)
     assert set(train.RECIPE_KEYS) - {"lrf"} <= set(s) | set(train.AUGMENT_KEYS)
+    assert train.train_settings(_train_args("--copy-paste", "0.5"))["copy_paste"] == 0.5
+    assert "copy_paste" in train.RECIPE_KEYS  # recorded in metadata.json with the rest of the recipe
