@@ -43,14 +43,19 @@ def parse_class_map(text: str | None) -> dict[str, str]:
     return out
 
 
+def polygon_of(ann: dict) -> list[float] | None:
+    """A COCO annotation's outline as [x1, y1, x2, y2, ...], or None (RLE, empty, or in several parts)."""
+    seg = ann.get("segmentation")
+    return seg[0] if isinstance(seg, list) and len(seg) == 1 and len(seg[0]) >= 6 else None
+
+
 def polygon_line(class_id: int, ann: dict, w: float, h: float, box: tuple[float, float, float, float]) -> str:
     """One YOLO segment label line: the annotation's outline, normalised and clipped to the image.
 
     Ultralytics reads a file as polygons when any line has more than 5 values, then takes each box from its polygon's
     extent; so an annotation without a usable polygon (RLE, empty) is written as its box's four corners.
     """
-    seg = ann.get("segmentation")
-    pts = seg[0] if isinstance(seg, list) and len(seg) == 1 and len(seg[0]) >= 6 else None
+    pts = polygon_of(ann)
     if pts is None:
         x1, y1, x2, y2 = box
         pts = [x1, y1, x2, y1, x2, y2, x1, y2]
@@ -188,6 +193,11 @@ def train(args) -> Path:
     if hasattr(torch_utils, "NUM_THREADS"):
         torch_utils.NUM_THREADS = threads
     class_map = parse_class_map(args.class_map)
+    if getattr(args, "copy_paste", None):
+        coco = json.loads((Path(args.data) / "annotations" / "train.json").read_text())
+        if not any(polygon_of(ann) for ann in coco["annotations"]):
+            print(f"warning: {args.data}/annotations/train.json has no polygon outlines: --copy-paste will paste "
+                  "whole rectangles")
     data_yaml = prepare_dataset(Path(args.data), work, class_map, oversample=args.oversample,
                                 oversample_factor=args.oversample_factor,
                                 polygons=bool(getattr(args, "copy_paste", None)))
