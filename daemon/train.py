@@ -124,7 +124,11 @@ def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("
     names: list[str] = []
     for split in splits:
         coco = json.loads((root / "annotations" / f"{split}.json").read_text())
-        labels, names = coco_to_yolo_labels(coco, class_map, polygons=polygons and split == "train")
+        outlines = polygons and split == "train"
+        if outlines and not any(polygon_of(ann) for ann in coco["annotations"]):
+            print(f"warning: {root}/annotations/{split}.json has no polygon outlines: copy-paste will paste whole "
+                  "rectangles")
+        labels, names = coco_to_yolo_labels(coco, class_map, polygons=outlines)
         if oversample is not None and oversample not in names:
             raise ValueError(f"--oversample {oversample!r} is not a class; classes: {names}")
         class_id = names.index(oversample) if oversample and split == "train" else None
@@ -193,14 +197,9 @@ def train(args) -> Path:
     if hasattr(torch_utils, "NUM_THREADS"):
         torch_utils.NUM_THREADS = threads
     class_map = parse_class_map(args.class_map)
-    if getattr(args, "copy_paste", None):
-        coco = json.loads((Path(args.data) / "annotations" / "train.json").read_text())
-        if not any(polygon_of(ann) for ann in coco["annotations"]):
-            print(f"warning: {args.data}/annotations/train.json has no polygon outlines: --copy-paste will paste "
-                  "whole rectangles")
     data_yaml = prepare_dataset(Path(args.data), work, class_map, oversample=args.oversample,
                                 oversample_factor=args.oversample_factor,
-                                polygons=bool(getattr(args, "copy_paste", None)))
+                                polygons=bool(args.copy_paste))
     run_dir = work / "runs" / args.name
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
