@@ -223,7 +223,7 @@ def train(args) -> Path:
 
 def train_settings(args) -> dict:
     """The Ultralytics `train` settings a fresh stage runs with (data, device and project aside)."""
-    augment = {k: getattr(args, k) for k in AUGMENT_KEYS if getattr(args, k) is not None}
+    augment = {k: getattr(args, k) for k in AUGMENT_KEYS + SCHEDULE_KEYS if getattr(args, k) is not None}
     return dict(
         epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed, deterministic=True,
         workers=args.workers, name=args.name, exist_ok=True, pretrained=bool(args.init), plots=False, patience=0,
@@ -304,9 +304,13 @@ def export(args) -> Path:
 AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v",
                 "copy_paste")
 
+# Ultralytics settings beyond augmentation that a stage may set: batches resized by up to ±multi_scale of imgsz,
+# and the classification loss weighted by inverse class frequency to the power cls_pw
+SCHEDULE_KEYS = ("multi_scale", "cls_pw")
+
 # The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
 RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
-               "close_mosaic", "pretrained") + AUGMENT_KEYS
+               "close_mosaic", "pretrained") + AUGMENT_KEYS + SCHEDULE_KEYS
 
 
 def _init_reference(init: str | None) -> dict | None:
@@ -377,6 +381,11 @@ def add_arguments(p) -> None:
     for key in AUGMENT_KEYS:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=float, default=None,
                        help=f"Ultralytics augmentation '{key}'")
+    p.add_argument("--multi-scale", dest="multi_scale", type=float, default=None,
+                   help="resize each batch to a random size within ±this fraction of --imgsz (Ultralytics "
+                        "multi_scale; 0 = off)")
+    p.add_argument("--cls-pw", dest="cls_pw", type=float, default=None,
+                   help="weight the class loss by inverse class frequency to this power, 0–1 (Ultralytics cls_pw)")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
     p.add_argument("--out", default="models/tomato-yolo11n")
     p.add_argument("--model-name", default=None,
