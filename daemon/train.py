@@ -233,6 +233,8 @@ def train_settings(args) -> dict:
         # unset, Ultralytics' own default (3 warm-up epochs) applies
         **({"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}),
         **augment,
+        # feature distillation (Ultralytics' distill_model): the frozen teacher sees the same batches
+        **({"distill_model": args.distill_from, "dis": args.distill_weight} if args.distill_from else {}),
     )
 
 
@@ -289,6 +291,8 @@ def export(args) -> Path:
             # what Ultralytics' train_args do not hold: the class-balanced sampling and the starting weights
             "oversample": ({"class": args.oversample, "factor": args.oversample_factor} if args.oversample else None),
             "init": _init_reference(args.init),
+            "distilled_from": ({**_init_reference(args.distill_from), "weight": args.distill_weight}
+                               if args.distill_from else None),
             "train_images_sha256": _annotations_hash(Path(args.data), "train"),
         },
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
@@ -386,6 +390,9 @@ def add_arguments(p) -> None:
                         "multi_scale; 0 = off)")
     p.add_argument("--cls-pw", dest="cls_pw", type=float, default=None,
                    help="weight the class loss by inverse class frequency to this power, 0–1 (Ultralytics cls_pw)")
+    p.add_argument("--distill-from", default=None,
+                   help="a teacher's weights (e.g. a larger model.pt): the student also learns to match its features")
+    p.add_argument("--distill-weight", type=float, default=6.0, help="the distillation loss's weight (Ultralytics dis)")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
     p.add_argument("--out", default="models/tomato-yolo11n")
     p.add_argument("--model-name", default=None,

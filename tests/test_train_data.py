@@ -153,3 +153,6 @@ def test_train_settings_default_and_fine_tuning_flags():
     assert (s["multi_scale"], s["cls_pw"]) == (0.25, 0.5)
     assert {"multi_scale", "cls_pw"} <= set(train.RECIPE_KEYS)
     assert "multi_scale" not in train.train_settings(_train_args())  # unset: Ultralytics' default (off)
+    s = train.train_settings(_train_args("--distill-from", "teacher.pt"))
+    assert (s["distill_model"], s["dis"]) == ("teacher.pt", 6.0)
+    assert "distill_model" not in train.train_settings(_train_args())
