@@ -223,7 +223,7 @@ def train(args) -> Path:
 
 def train_settings(args) -> dict:
     """The Ultralytics `train` settings a fresh stage runs with (data, device and project aside)."""
-    augment = {k: getattr(args, k) for k in AUGMENT_KEYS + SCHEDULE_KEYS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in AUGMENT_KEYS + TRAINING_KEYS if getattr(args, k) is not None}
     return dict(
         epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed, deterministic=True,
         workers=args.workers, name=args.name, exist_ok=True, pretrained=bool(args.init), plots=False, patience=0,
@@ -232,7 +232,7 @@ def train_settings(args) -> dict:
         **({"lr0": args.lr0} if args.lr0 else {}),
         # unset, Ultralytics' own default (3 warm-up epochs) applies
         **({"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}),
-        **augment,
+        **overrides,
         # feature distillation (Ultralytics' distill_model): the frozen teacher sees the same batches
         **({"distill_model": args.distill_from, "dis": args.distill_weight} if args.distill_from else {}),
     )
@@ -310,11 +310,11 @@ AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "f
 
 # Ultralytics settings beyond augmentation that a stage may set: batches resized by up to ±multi_scale of imgsz,
 # and the classification loss weighted by inverse class frequency to the power cls_pw
-SCHEDULE_KEYS = ("multi_scale", "cls_pw")
+TRAINING_KEYS = ("multi_scale", "cls_pw")
 
 # The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
 RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
-               "close_mosaic", "pretrained") + AUGMENT_KEYS + SCHEDULE_KEYS
+               "close_mosaic", "pretrained") + AUGMENT_KEYS + TRAINING_KEYS
 
 
 def _init_reference(init: str | None) -> dict | None:

@@ -146,7 +146,7 @@ def test_train_settings_default_and_fine_tuning_flags():
     s = train.train_settings(_train_args("--epochs", "10", "--warmup-epochs", "0", "--close-mosaic", "10",
                                          "--lr0", "0.0001", "--mixup", "0.1", "--init", "w.pt"))
     assert (s["warmup_epochs"], s["close_mosaic"], s["lr0"], s["mixup"], s["pretrained"]) == (0, 10, 0.0001, 0.1, True)
-    assert set(train.RECIPE_KEYS) - {"lrf"} <= set(s) | set(train.AUGMENT_KEYS) | set(train.SCHEDULE_KEYS)
+    assert set(train.RECIPE_KEYS) - {"lrf"} <= set(s) | set(train.AUGMENT_KEYS) | set(train.TRAINING_KEYS)
     assert train.train_settings(_train_args("--copy-paste", "0.5"))["copy_paste"] == 0.5
     assert "copy_paste" in train.RECIPE_KEYS  # recorded in metadata.json with the rest of the recipe
     s = train.train_settings(_train_args("--multi-scale", "0.25", "--cls-pw", "0.5"))
