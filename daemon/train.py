@@ -288,7 +288,8 @@ def export(args) -> Path:
             "dataset": dataset_fingerprint(Path(args.data)),
             "class_map": parse_class_map(args.class_map),
             "settings": {k: train_args.get(k) for k in RECIPE_KEYS},
-            # what Ultralytics' train_args do not hold: the class-balanced sampling and the starting weights
+            # what Ultralytics' train_args do not hold: the class-balanced sampling, and the starting and teacher
+            # weights by name and hash (train_args has only their machine paths)
             "oversample": ({"class": args.oversample, "factor": args.oversample_factor} if args.oversample else None),
             "init": _init_reference(args.init),
             "distilled_from": ({**_init_reference(args.distill_from), "weight": args.distill_weight}
