@@ -238,6 +238,71 @@ def train_settings(args) -> dict:
     )
 
 
+def average_weights(state_dicts: list[dict]) -> dict:
+    """Element-wise mean of several models' same-named weights (torch tensors or numpy arrays), each in its dtype.
+
+    Integer entries (BatchNorm's batch counters) are counters, not weights: the last model's are kept.
+    """
+    if not state_dicts:
+        raise ValueError("no weights to average")
+    keys = list(state_dicts[0])
+    for i, sd in enumerate(state_dicts[1:], 1):
+        if list(sd) != keys:
+            raise ValueError(f"weights {i} do not have the same layers as weights 0: cannot average them")
+    out = {}
+    for key in keys:
+        values = [sd[key] for sd in state_dicts]
+        dtype = values[0].dtype
+        if not _is_floating(dtype):
+            out[key] = values[-1]
+            continue
+        # accumulate in float32 whatever the stored precision (Ultralytics keeps checkpoints in FP16)
+        total = sum(_as_float32(v) for v in values)
+        mean = total / len(values)
+        out[key] = mean.to(dtype) if hasattr(mean, "to") else mean.astype(dtype)
+    return out
+
+
+def _is_floating(dtype) -> bool:
+    import numpy as np
+
+    return bool(getattr(dtype, "is_floating_point", False)) or (isinstance(dtype, np.dtype)
+                                                                 and np.issubdtype(dtype, np.floating))
+
+
+def _as_float32(value):
+    return value.float() if hasattr(value, "float") else value.astype("float32")
+
+
+def last_epochs(weights_dir: Path, count: int, epochs: int) -> list[Path]:
+    """The checkpoints of a finished run's last `count` epochs (Ultralytics' weights/epoch<N>.pt, N from 0)."""
+    wanted = [weights_dir / f"epoch{n}.pt" for n in range(epochs - count, epochs)]
+    missing = [p.name for p in wanted if not p.exists()]
+    if count < 1 or count > epochs:
+        raise ValueError(f"--average-last {count}: the run has {epochs} epochs")
+    if missing:
+        raise ValueError(f"--average-last {count} needs {', '.join(missing)} in {weights_dir} "
+                         "(train with --save-period 1 so that every epoch is kept)")
+    return wanted
+
+
+def average_last(args) -> Path:
+    """Average the run's last --average-last epochs into weights/average-last-<K>.pt and return that path."""
+    import torch
+
+    weights_dir = Path(args.work).resolve() / "runs" / args.name / "weights"
+    paths = last_epochs(weights_dir, args.average_last, args.epochs)
+    ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    model = ckpts[-1]["ema"]
+    model.load_state_dict(average_weights([c["ema"].state_dict() for c in ckpts]))
+    out = weights_dir / f"average-last-{args.average_last}.pt"
+    # weights only, like a finished run's best.pt: an optimizer state would make it look resumable
+    torch.save({**ckpts[-1], "ema": model, "optimizer": None, "epoch": -1,
+                "averaged": [p.name for p in paths]}, out)
+    print(f"averaged {', '.join(p.name for p in paths)} into {out}")
+    return out
+
+
 def checkpoint_state(ckpt: dict) -> str:
     """'interrupted' when an Ultralytics checkpoint can resume, 'finished' when training stripped it at the end."""
     # a finished run's last.pt has its optimizer stripped and epoch set to -1 (Ultralytics' strip_optimizer)
@@ -295,6 +360,8 @@ def export(args) -> Path:
             "distilled_from": ({**_init_reference(args.distill_from), "weight": args.distill_weight}
                                if args.distill_from else None),
             "train_images_sha256": _annotations_hash(Path(args.data), "train"),
+            # the shipped weights are the mean of the run's last N epochs (stochastic weight averaging)
+            "averaged_last_epochs": getattr(args, "average_last", None),
         },
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
         "calibration_list": calib.name if calib.exists() else None,
@@ -310,8 +377,9 @@ AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "f
                 "copy_paste")
 
 # Ultralytics settings beyond augmentation that a stage may set: batches resized by up to ±multi_scale of imgsz,
-# and the classification loss weighted by inverse class frequency to the power cls_pw
-TRAINING_KEYS = ("multi_scale", "cls_pw")
+# the classification loss weighted by inverse class frequency to the power cls_pw, and a checkpoint kept every
+# save_period epochs (what --average-last averages)
+TRAINING_KEYS = ("multi_scale", "cls_pw", "save_period")
 
 # The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
 RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
@@ -391,6 +459,10 @@ def add_arguments(p) -> None:
                         "multi_scale; 0 = off)")
     p.add_argument("--cls-pw", dest="cls_pw", type=float, default=None,
                    help="weight the class loss by inverse class frequency to this power, 0–1 (Ultralytics cls_pw)")
+    p.add_argument("--save-period", dest="save_period", type=int, default=None,
+                   help="also keep every Nth epoch's checkpoint (weights/epochN.pt), e.g. for --average-last")
+    p.add_argument("--average-last", dest="average_last", type=int, default=None,
+                   help="ship the mean of the last N epochs' weights instead of best.pt (needs --save-period 1)")
     p.add_argument("--distill-from", default=None,
                    help="a teacher's weights (e.g. a larger model.pt): the student also learns to match its features")
     p.add_argument("--distill-weight", type=float, default=6.0, help="the distillation loss's weight (Ultralytics dis)")
@@ -407,6 +479,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     if not args.skip_train:
         train(args)
+    if args.average_last and not args.weights:
+        args.weights = str(average_last(args))
     write_calibration_list(args)
     export(args)
     return 0

@@ -156,3 +156,29 @@ def test_train_settings_default_and_fine_tuning_flags():
     s = train.train_settings(_train_args("--distill-from", "teacher.pt"))
     assert (s["distill_model"], s["dis"]) == ("teacher.pt", 6.0)
     assert "distill_model" not in train.train_settings(_train_args())
+
+
+def test_average_weights_is_the_mean_in_each_dtype():
+    """`--average-last`: floats averaged (accumulated in float32 even when stored FP16), counters from the last."""
+    import numpy as np
+
+    a = {"w": np.array([1.0, 2.0], dtype=np.float16), "n": np.array(3)}
+    b = {"w": np.array([2.0, 4.0], dtype=np.float16), "n": np.array(5)}
+    c = {"w": np.array([6.0, 0.0], dtype=np.float16), "n": np.array(7)}
+    avg = train.average_weights([a, b, c])
+    assert avg["w"].dtype == np.float16 and np.allclose(avg["w"], [3.0, 2.0])
+    assert int(avg["n"]) == 7
+    with pytest.raises(ValueError, match="same layers"):
+        train.average_weights([a, {"v": a["w"], "n": a["n"]}])
+    with pytest.raises(ValueError, match="no weights"):
+        train.average_weights([])
+
+
+def test_last_epochs_names_what_is_missing(tmp_path):
+    for n in (13, 14, 15):
+        (tmp_path / f"epoch{n}.pt").write_bytes(b"")
+    assert [p.name for p in train.last_epochs(tmp_path, 3, 16)] == ["epoch13.pt", "epoch14.pt", "epoch15.pt"]
+    with pytest.raises(ValueError, match="epoch12.pt.*--save-period 1"):
+        train.last_epochs(tmp_path, 4, 16)
+    with pytest.raises(ValueError, match="has 16 epochs"):
+        train.last_epochs(tmp_path, 17, 16)
