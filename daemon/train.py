@@ -286,12 +286,22 @@ def last_epochs(weights_dir: Path, count: int, epochs: int) -> list[Path]:
     return wanted
 
 
+def epochs_kept(weights_dir: Path) -> int:
+    """How many epochs a --save-period 1 run went through: one past its highest weights/epoch<N>.pt."""
+    numbers = [int(p.stem[5:]) for p in weights_dir.glob("epoch*.pt") if p.stem[5:].isdigit()]
+    if not numbers:
+        raise ValueError(f"no epoch<N>.pt in {weights_dir} (train with --save-period 1 to keep every epoch)")
+    return max(numbers) + 1
+
+
 def average_last(args) -> Path:
     """Average the run's last --average-last epochs into weights/average-last-<K>.pt and return that path."""
     import torch
 
     weights_dir = Path(args.work).resolve() / "runs" / args.name / "weights"
-    paths = last_epochs(weights_dir, args.average_last, args.epochs)
+    # a --time run settles its epoch count itself: count the checkpoints it kept
+    epochs = epochs_kept(weights_dir) if getattr(args, "time", None) else args.epochs
+    paths = last_epochs(weights_dir, args.average_last, epochs)
     ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
     model = ckpts[-1]["ema"]
     model.load_state_dict(average_weights([c["ema"].state_dict() for c in ckpts]))
@@ -377,9 +387,10 @@ AUGMENT_KEYS = ("mosaic", "mixup", "scale", "translate", "degrees", "fliplr", "f
                 "copy_paste")
 
 # Ultralytics settings beyond augmentation that a stage may set: batches resized by up to ±multi_scale of imgsz,
-# the classification loss weighted by inverse class frequency to the power cls_pw, and a checkpoint kept every
-# save_period epochs (what --average-last averages)
-TRAINING_KEYS = ("multi_scale", "cls_pw", "save_period")
+# the classification loss weighted by inverse class frequency to the power cls_pw, a checkpoint kept every
+# save_period epochs (what --average-last averages), and a wall-time budget in hours (Ultralytics' time: after the
+# first epoch it sets epochs to what fits, and the learning-rate schedule follows; train_args records that count)
+TRAINING_KEYS = ("multi_scale", "cls_pw", "save_period", "time")
 
 # The training settings recorded in metadata.json: enough to rerun the recipe (Ultralytics' names)
 RECIPE_KEYS = ("epochs", "imgsz", "batch", "seed", "optimizer", "lr0", "lrf", "cos_lr", "warmup_epochs",
@@ -461,6 +472,8 @@ def add_arguments(p) -> None:
                    help="weight the class loss by inverse class frequency to this power, 0–1 (Ultralytics cls_pw)")
     p.add_argument("--save-period", dest="save_period", type=int, default=None,
                    help="also keep every Nth epoch's checkpoint (weights/epochN.pt), e.g. for --average-last")
+    p.add_argument("--time", dest="time", type=float, default=None,
+                   help="train for this many hours instead of --epochs (Ultralytics time; the epochs run are recorded)")
     p.add_argument("--average-last", dest="average_last", type=int, default=None,
                    help="ship the mean of the last N epochs' weights instead of best.pt (needs --save-period 1)")
     p.add_argument("--distill-from", default=None,

@@ -156,6 +156,19 @@ def test_train_settings_default_and_fine_tuning_flags():
     s = train.train_settings(_train_args("--distill-from", "teacher.pt"))
     assert (s["distill_model"], s["dis"]) == ("teacher.pt", 6.0)
     assert "distill_model" not in train.train_settings(_train_args())
+    # a wall-time budget (Ultralytics' time) instead of a fixed epoch count, recorded with the recipe
+    assert train.train_settings(_train_args("--time", "0.1"))["time"] == 0.1
+    assert "time" in train.RECIPE_KEYS and "time" not in train.train_settings(_train_args())
+
+
+def test_epochs_kept_counts_a_timed_runs_checkpoints(tmp_path):
+    for n in (0, 1, 2, 10, 11):
+        (tmp_path / f"epoch{n}.pt").write_bytes(b"")
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert train.epochs_kept(tmp_path) == 12
+    assert [p.name for p in train.last_epochs(tmp_path, 2, train.epochs_kept(tmp_path))] == ["epoch10.pt", "epoch11.pt"]
+    with pytest.raises(ValueError, match="save-period"):
+        train.epochs_kept(tmp_path / "none")
 
 
 def test_average_weights_is_the_mean_in_each_dtype():
