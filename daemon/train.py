@@ -480,7 +480,10 @@ def add_arguments(p) -> None:
                    help="a teacher's weights (e.g. a larger model.pt): the student also learns to match its features")
     p.add_argument("--distill-weight", type=float, default=6.0, help="the distillation loss's weight (Ultralytics dis)")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
-    p.add_argument("--out", default="models/tomato-yolo11n")
+    # no default into the repo: a stage trained without --out must not overwrite the shipped model's files
+    p.add_argument("--out", default=None,
+                   help="model folder to export into (default: <work>/exports/<name>; the shipped model is "
+                        "models/tomato-yolo11n, its size variants models/tomato-yolo11n/sizes/<N>)")
     p.add_argument("--model-name", default=None,
                    help="the model's name in metadata.json and the artifacts (default: the --out folder's, or for "
                         "<model>/sizes/<N>/ the model folder's); set it when --out is a staging folder")
@@ -489,7 +492,13 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")
 
 
+def export_folder(args) -> Path:
+    """Where the stage is exported: --out, else a staging folder beside the run, outside the repo."""
+    return Path(args.out) if args.out else Path(args.work) / "exports" / args.name
+
+
 def main(args) -> int:
+    args.out = str(export_folder(args))
     if not args.skip_train:
         train(args)
     if args.average_last and not args.weights:

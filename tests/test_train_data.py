@@ -1,6 +1,7 @@
 """Dataset preparation for `ripeye train` (no torch needed): COCO → YOLO labels, class mapping, calibration list."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -159,6 +160,13 @@ def test_train_settings_default_and_fine_tuning_flags():
     # a wall-time budget (Ultralytics' time) instead of a fixed epoch count, recorded with the recipe
     assert train.train_settings(_train_args("--time", "0.1"))["time"] == 0.1
     assert "time" in train.RECIPE_KEYS and "time" not in train.train_settings(_train_args())
+
+
+def test_export_folder_defaults_outside_the_shipped_model():
+    # an experiment without --out once overwrote models/tomato-yolo11n/model.onnx: the default is a staging folder
+    args = _train_args("--work", "/w", "--name", "try1")
+    assert train.export_folder(args) == Path("/w/exports/try1")
+    assert train.export_folder(_train_args("--out", "models/tomato-yolo11n")) == Path("models/tomato-yolo11n")
 
 
 def test_epochs_kept_counts_a_timed_runs_checkpoints(tmp_path):
