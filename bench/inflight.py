@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from daemon import vision  # noqa: E402
 from daemon.bench import find_artifact, machine_name, throughput  # noqa: E402
 from daemon.config import DEFAULT_MODEL_DIR, SAMPLE_CLIP  # noqa: E402
 from daemon.model import load_bundle  # noqa: E402
+from daemon.runtimes.base import usable_cores  # noqa: E402
 
 DATASET_VALID = REPO.parent / "shared" / "datasets" / "laboro-tomato-big" / "valid"
 
@@ -69,7 +69,7 @@ def main() -> int:
         return 2
     images, source = frames(32)
     tensors = [vision.preprocess(im, bundle.input_size)[0] for im in images]
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     configs = [(f"1 in flight, {t} thread{'s' if t > 1 else ''}", 1, t) for t in range(1, cores + 1)]
     configs.append((f"{args.inflight} in flight, {cores} threads", args.inflight, cores))
     fps: dict[str, list[float]] = {c[0]: [] for c in configs}

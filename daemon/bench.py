@@ -20,6 +20,7 @@ import numpy as np
 
 from daemon import vision
 from daemon.model import load_bundle, select_size
+from daemon.runtimes.base import usable_cores
 
 # (label, backend, artifact kind, precision): kinds as in daemon.model
 CONFIGS = [
@@ -265,7 +266,7 @@ def main(args) -> int:
             f = tmp / f"{i:03d}.jpg"
             cv2.imwrite(str(f), frame)
             timing_images.append(str(f))
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or usable_cores()
     wanted = [c for c in CONFIGS if not args.only or any(o.lower() in c[0].lower() for o in args.only.split(","))]
     try:
         sizes = [int(x) for x in str(args.imgsz).split(",") if x.strip() and int(x)]

@@ -14,6 +14,7 @@ import yaml
 
 from daemon.durable import write_durably
 from daemon.model import SIZES_DIR
+from daemon.runtimes.base import usable_cores
 
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
@@ -27,7 +28,7 @@ def offline_env(work: Path) -> None:
     os.environ.setdefault("CI", "true")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cfg))
     os.environ.setdefault("MPLCONFIGDIR", str(cfg))
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(usable_cores()))
 
 
 def parse_class_map(text: str | None) -> dict[str, str]:
@@ -192,7 +193,7 @@ def train(args) -> Path:
     from ultralytics import YOLO
     from ultralytics.utils import torch_utils
 
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     if hasattr(torch_utils, "NUM_THREADS"):
         torch_utils.NUM_THREADS = threads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -30,6 +31,24 @@ class RuntimeOptions:
     tensorrt_fp16: bool = True
     tensorrt_int8: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, systemd's CPUAffinity=, a cpuset cgroup).
+
+    The one place thread counts start from. Not /proc/cpuinfo, which the unit's ProcSubset=pid hides: ONNX Runtime's
+    and NCNN's own counts read it and find one core inside the service.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
+def threads_per_request(options: RuntimeOptions) -> int:
+    """Threads for one inference request: `runtime.threads` (0 = every usable core) shared by the requests in
+    flight."""
+    return max(1, (options.threads or usable_cores()) // max(options.inflight, 1))
 
 
 class Runtime:

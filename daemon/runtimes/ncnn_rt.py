@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import ncnn  # noqa: E402,I001
 import numpy as np
 
-from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file
+from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file, usable_cores
 
 
 def check_available() -> None:
@@ -24,7 +22,9 @@ class NcnnRuntime(Runtime):
         weights = require_file(param.with_suffix(".bin"), "NCNN weights file")
         self.net = ncnn.Net()
         self.net.opt.use_vulkan_compute = False
-        self.net.opt.num_threads = options.threads or os.cpu_count() or 1
+        # Explicit: ncnn.get_cpu_count() reads /proc/cpuinfo and says 1 under the unit's ProcSubset=pid. The
+        # powersave mode stays 0 (all cores, no affinity set by NCNN), so the threads run where the process may.
+        self.net.opt.num_threads = options.threads or usable_cores()
         fp16 = precision == "fp16"
         self.net.opt.use_fp16_storage = fp16
         self.net.opt.use_fp16_packed = fp16

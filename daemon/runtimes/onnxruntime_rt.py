@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort  # noqa: E402,I001
 
-from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file
+from daemon.runtimes.base import ArtifactError, Runtime, RuntimeOptions, require_file, threads_per_request
 
 
 def check_available() -> None:
@@ -15,12 +15,9 @@ def check_available() -> None:
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if options.threads:
-        so.intra_op_num_threads = max(1, options.threads // max(options.inflight, 1))
-    elif options.inflight > 1:
-        import os
-
-        so.intra_op_num_threads = max(1, (os.cpu_count() or 1) // options.inflight)
+    # Always explicit: left at 0, ONNX Runtime counts cores through cpuinfo (/proc/cpuinfo), which the unit's
+    # ProcSubset=pid hides, and runs one thread there (1.8x slower per 640 frame on 2 cores; bench/procsubset.py).
+    so.intra_op_num_threads = threads_per_request(options)
     so.log_severity_level = 3
     return so
 
