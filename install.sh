@@ -69,6 +69,10 @@ step() {  # step "what" command...
 
 # shellcheck source=.ci/apt-packages.sh
 . "$here/.ci/apt-packages.sh"
+# apt_get's one "waiting for another apt's lock" line goes to the terminal (fd 3), not into the step's log.
+exec 3>&1
+APT_NOTICE_FD=3
+APT_NOTICE_PREFIX="install.sh: "
 
 # The device-tree model: /sys/firmware stays visible inside the service sandbox (ProcSubset=pid hides /proc's).
 device_tree_model() {

@@ -6,6 +6,7 @@ per branch would take minutes (the real install is tested in test_service.py and
 """
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,18 @@ fi
 echo "Collecting things (pip chatter)"; echo "WARNING: setuptools chatter" >&2
 """
 
+# apt-get records what it was asked for; with FAKE_APT_BUSY=N its first N runs fail on apt's lists lock the way apt
+# 2.6 does when unattended-upgrades holds it (DPkg::Lock::Timeout does not cover that lock).
+FAKE_APT_GET = r"""#!/usr/bin/env bash
+echo "apt-get $*" >> "$FAKE_LOG"
+n=$(( $(cat "$FAKE_LOG.apt-runs" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE_LOG.apt-runs"
+if [ "$n" -le "${FAKE_APT_BUSY:-0}" ]; then
+  echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (unattended-upgr)" >&2
+  echo "E: Unable to lock directory /var/lib/apt/lists/" >&2
+  exit 100
+fi
+"""
+
 
 @pytest.fixture
 def fake_board(tmp_path):
@@ -49,7 +62,7 @@ def fake_board(tmp_path):
     (bin_dir / "uname").write_text('#!/bin/sh\n[ "$1" = -m ] && echo "$FAKE_MACHINE" || /bin/uname "$@"\n')
     # apt for the --dev test: dpkg says nothing is installed, apt-get records what it was asked for
     (bin_dir / "dpkg-query").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "apt-get").write_text('#!/bin/sh\necho "apt-get $*" >> "$FAKE_LOG"\n')
+    (bin_dir / "apt-get").write_text(FAKE_APT_GET)
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     log = tmp_path / "calls.log"
@@ -173,3 +186,30 @@ def test_missing_venv_module_is_installed_from_apt(fake_board):
                              FAKE_NO_VENV_MODULE="1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert any(c.startswith("apt-get") and c.endswith(" python3.11-venv") for c in calls.splitlines()), calls
+
+
+def test_apt_waits_for_another_apt_and_says_so_once(fake_board):
+    """A fresh Raspberry Pi OS runs unattended-upgrades right after boot: install.sh waits (bounded) for apt's locks
+    instead of failing at once, with one line on the terminal."""
+    r, calls, _ = fake_board("intel-pc", "x86_64", "--dev", RIPEYE_DEV_VENV=str(fake_board.root / "venv"),
+                             FAKE_APT_BUSY="2", RIPEYE_APT_LOCK_TIMEOUT="120")
+    assert r.returncode == 0, r.stdout + r.stderr
+    waiting = [line for line in r.stdout.splitlines() if "another apt holds its lock" in line]
+    assert waiting == ["install.sh: apt: another apt holds its lock (/var/lib/apt/lists/lock. It is held by process "
+                       "4242 (unattended-upgr)); waiting up to 120 s for it (RIPEYE_APT_LOCK_TIMEOUT)"], r.stdout
+    apt = [c for c in calls.splitlines() if c.startswith("apt-get")]
+    assert [c.split()[-1] for c in apt[:3]] == ["update"] * 3 and " install " in apt[3]
+    # every run waits for dpkg's lock too, for what is left of the same 120 s
+    assert all(re.search(r" -o DPkg::Lock::Timeout=(\d+) ", c) for c in apt), apt
+    assert all(int(re.search(r"Timeout=(\d+)", c).group(1)) <= 120 for c in apt)
+
+
+def test_every_apt_get_goes_through_the_bounded_wait():
+    """Only apt_get (in .ci/apt-packages.sh) runs apt-get; install.sh and the CI scripts call it."""
+    runs = []
+    for script in (REPO / "install.sh", *sorted((REPO / ".ci").iterdir())):
+        for n, line in enumerate(script.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"(^|[\s;|&(])apt-get\s", code):
+                runs.append((script.name, n, code.strip()))
+    assert len(runs) == 1 and runs[0][0] == "apt-packages.sh" and "DPkg::Lock::Timeout=" in runs[0][2], runs
