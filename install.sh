@@ -11,6 +11,7 @@ with_mosquitto=0
 uninstall=0
 purge=0
 extra=""
+instances=()
 python="${PYTHON:-python3}"
 pip_index_args=()  # --extra-index-url: sudo resets the environment, so an exported PIP_EXTRA_INDEX_URL is lost
 hw_root="${RIPEYE_HW_ROOT:-}"  # tests stand in a board's /proc, /sys and /etc here (tests/fixtures/hardware)
@@ -19,10 +20,14 @@ SUPERVISION_VERSION=0.27.0  # still ships ByteTrack (later releases moved tracke
 usage() {
   cat <<USAGE
 usage: ./install.sh --dev | --service [--mosquitto] [--prefix DIR] [--root DIR] [--extra NAME]
-                   [--extra-index-url URL]...
+                   [--extra-index-url URL]... [--instance NAME]...
        ./install.sh --uninstall [--purge] [--prefix DIR] [--root DIR]
   --dev         create .venv/ here with everything the tests need (installs mosquitto when missing)
-  --service     install to PREFIX, create the ripeye user, install config and the systemd unit, enable it
+  --service     install to PREFIX, create the ripeye user, install config and the systemd units (ripeye.service
+                and the per-camera template ripeye@.service), enable ripeye.service
+  --instance NAME
+                with --service: one daemon per camera (repeatable: --instance scene --instance wrist): writes
+                /etc/ripeye/NAME.yaml and enables ripeye@NAME instead of ripeye.service
   --mosquitto   also install a local mosquitto broker (always on with --dev)
   --prefix DIR  install location for --service (default /opt/ripeye)
   --root DIR    install into DIR as a staging root (DESTDIR); no users, apt or systemctl are touched
@@ -43,6 +48,10 @@ while [ $# -gt 0 ]; do
     --root) root="$2"; shift ;;
     --extra) extra="$2"; shift ;;
     --extra-index-url) pip_index_args+=(--extra-index-url "$2"); shift ;;
+    --instance)
+      # a file name, a unit instance and part of the MQTT device id: keep it to letters, digits, - and _
+      if ! [[ "${2:-}" =~ ^[A-Za-z0-9_-]+$ ]]; then echo "install.sh: --instance wants a name of letters, digits, - or _" >&2; exit 2; fi
+      instances+=("$2"); shift ;;
     --uninstall) uninstall=1 ;;
     --purge) purge=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -196,9 +205,15 @@ systemd_ok=0
 if [ -z "$root" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then systemd_ok=1; fi
 
 if [ "$uninstall" = 1 ]; then
-  if [ "$systemd_ok" = 1 ]; then systemctl disable --now ripeye.service 2>/dev/null || true; fi
-  rm -f "$unit_dir/ripeye.service"
-  rm -rf "$unit_dir/ripeye.service.d"
+  if [ "$systemd_ok" = 1 ]; then
+    systemctl disable --now ripeye.service 2>/dev/null || true
+    for link in "$unit_dir"/*.wants/ripeye@*.service; do
+      [ -e "$link" ] || [ -L "$link" ] || continue
+      systemctl disable --now "$(basename "$link")" 2>/dev/null || true
+    done
+  fi
+  rm -f "$unit_dir/ripeye.service" "$unit_dir/ripeye@.service"
+  rm -rf "$unit_dir/ripeye.service.d" "$unit_dir/ripeye@.service.d"
   rm -rf "$dest" "$state" "$cache"
   if [ "$purge" = 1 ]; then rm -rf "$etc"; fi
   if [ -z "$root" ] && id ripeye >/dev/null 2>&1; then userdel ripeye 2>/dev/null || true; fi
@@ -252,17 +267,27 @@ if [ "$board" = jetson ] && "$python" -c 'import cv2' >/dev/null 2>&1; then
   step "using JetPack's OpenCV (GStreamer) instead of pip's headless one" \
     "$dest/venv/bin/python" -m pip uninstall -y opencv-python-headless
 fi
-if [ ! -f "$etc/ripeye.yaml" ]; then
-  sed -e "s#^  \# path: /opt/ripeye/models/tomato-yolo11n#  path: $prefix/app/models/tomato-yolo11n#" \
-      -e "s#^state_dir: .*#state_dir: /var/lib/ripeye#" \
-      -e "s#^  cache_dir: .*#  cache_dir: /var/cache/ripeye#" \
-    "$here/config/ripeye.yaml" > "$etc/ripeye.yaml"
-  log "installed $etc/ripeye.yaml"
-else
-  log "kept existing $etc/ripeye.yaml"
-fi
-sed "s#/opt/ripeye#$prefix#g" "$here/systemd/ripeye.service" > "$unit_dir/ripeye.service"
-if [ "$board" = jetson ]; then write_jetson_dropin "$unit_dir/ripeye.service.d"; fi
+install_config() {  # $1 = config file name, $2 = its state dir (never overwrites a file that is there)
+  if [ ! -f "$etc/$1" ]; then
+    sed -e "s#^  \# path: /opt/ripeye/models/tomato-yolo11n#  path: $prefix/app/models/tomato-yolo11n#" \
+        -e "s#^state_dir: .*#state_dir: $2#" \
+        -e "s#^  cache_dir: .*#  cache_dir: /var/cache/ripeye#" \
+      "$here/config/ripeye.yaml" > "$etc/$1"
+    log "installed $etc/$1"
+  else
+    log "kept existing $etc/$1"
+  fi
+}
+install_config ripeye.yaml /var/lib/ripeye
+# Per camera (ripeye@NAME): own config, device id (<hostname>-NAME by default) and state dir; shared models, cache.
+for name in "${instances[@]}"; do
+  install_config "$name.yaml" "/var/lib/ripeye/$name"
+  mkdir -p "$state/$name"
+done
+for unit in ripeye.service ripeye@.service; do
+  sed "s#/opt/ripeye#$prefix#g" "$here/systemd/$unit" > "$unit_dir/$unit"
+  if [ "$board" = jetson ]; then write_jetson_dropin "$unit_dir/$unit.d"; fi
+done
 if [ -z "$root" ]; then
   id ripeye >/dev/null 2>&1 || useradd --system --home-dir /var/lib/ripeye --shell /usr/sbin/nologin ripeye
   # video: V4L2 and CSI cameras (and Jetson's /dev/nv*); render: the GPU's render nodes.
@@ -273,7 +298,12 @@ if [ -z "$root" ]; then
 fi
 if [ "$systemd_ok" = 1 ]; then
   systemctl daemon-reload
-  systemctl enable --now ripeye.service
-  log "service enabled: systemctl status ripeye"
+  if [ ${#instances[@]} -eq 0 ]; then
+    systemctl enable --now ripeye.service
+    log "service enabled: systemctl status ripeye"
+  else
+    for name in "${instances[@]}"; do systemctl enable --now "ripeye@$name.service"; done
+    log "services enabled: systemctl status 'ripeye@*' (ripeye.service left as it was)"
+  fi
 fi
 log "done"
