@@ -88,3 +88,19 @@ def test_device_id_is_host_then_instance(installed, monkeypatch):
     from daemon import config
 
     assert config.validate({"device_id": paths.default_device_id()}).device_id == "arm1-wrist"  # topic-safe
+
+
+def test_doctor_without_config_says_which_file_it_read(tmp_path):
+    """Once daemon/cli.py resolves a missing --config through daemon.paths (issue 31, item 2)."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPO, RIPEYE
+
+    if "resolve_config" not in (REPO / "daemon" / "cli.py").read_text():
+        pytest.skip("daemon/cli.py does not use daemon.paths.resolve_config yet")
+    cfg = tmp_path / "wrist.yaml"
+    cfg.write_text("device_id: fromenv\nmqtt:\n  enabled: false\n")
+    r = subprocess.run([*RIPEYE, "doctor", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={**os.environ, "CI": "true", paths.CONFIG_ENV: str(cfg)})
+    assert f"config: {cfg} ($RIPEYE_CONFIG)" in r.stderr.splitlines(), r.stderr[-1000:]
