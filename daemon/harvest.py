@@ -1,18 +1,20 @@
-"""Harvest targets for the arm: ByteTrack tracks, debounced ripe targets, claim/picked/failed, pixel→arm mapping."""
+"""Harvest targets for the arm: ByteTrack tracks, debounced ripe targets, claims by named arms, pixel→arm mapping."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from daemon.config import CalibrationConfig, TargetsConfig, TrackingConfig
-from daemon.control import CommandError, parse_request
+from daemon.control import CommandError, parse_request, request_id
 from daemon.vision import Detection
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ def make_bytetrack(cfg: TrackingConfig, fps: float):
     return tracker, sv
 
 
+def bytetrack_settings(cfg: TrackingConfig, fps: float) -> tuple:
+    """What the ByteTrack object is built from: only a change here needs a new tracker."""
+    return (cfg.activation_threshold, cfg.match_threshold, cfg.lost_after_s, max(1.0, fps))
+
+
 @dataclass
 class Track:
     track_id: int
@@ -52,7 +59,9 @@ class Track:
     target_since: Optional[float] = None
     state: str = "tracking"  # tracking | available | claimed | picked | suppressed
     claimed_at: float = 0.0
+    claimed_by: Optional[str] = None  # the arm_id holding the claim
     last_announced: float = float("-inf")
+    raw: Optional[int] = None  # the tracker's id now linked to this track; None while it waits to be re-linked
 
     @property
     def center(self) -> tuple[float, float]:
@@ -105,7 +114,15 @@ def fit_homography(pixel: np.ndarray, arm: np.ndarray) -> Calibration:
 
 
 class Harvest:
-    """Tracks detections frame by frame and decides which tomatoes to offer the arm; thread-safe."""
+    """Tracks detections frame by frame and decides which tomatoes to offer the arms; thread-safe.
+
+    Track ids are ours, not the tracker's: a tracker id is linked to a track, and a track whose tracker id is gone
+    (a claimed fruit covered by the gripper, every track after the tracker is rebuilt by a config edit) waits to be
+    re-linked to the next new tracker id whose box overlaps it, so its id, claim and picked state carry over. Ids are
+    never reused within a run.
+    """
+
+    ENDED_KEPT = 1000  # ended tracks remembered, so a late `picked` for one is still accepted
 
     def __init__(self, tracking: TrackingConfig, targets: TargetsConfig, calibration: CalibrationConfig,
                  fps: float = 10.0):
@@ -116,15 +133,36 @@ class Harvest:
         self.fps = fps
         self.observe_confidence = 0.25  # weaker detections keep a track alive but say nothing about ripeness
         self.tracks: dict[int, Track] = {}
+        self.links: dict[int, int] = {}  # tracker id (offset applied) → our track id
+        self.ended: OrderedDict[int, Track] = OrderedDict()
         self.thumbnail: Optional[np.ndarray] = None
         self.scene_cuts = 0
-        self.id_offset = 0  # track ids stay unique across tracker restarts (the arm must never see one reused)
+        self.id_offset = 0  # tracker ids stay unique across tracker restarts (the arm must never see one reused)
         self.max_id = 0
         self.picked_places: list[tuple[tuple, float]] = []  # (box, when) of picked tomatoes
-        self.picked_ids: deque[int] = deque(maxlen=10_000)  # picked is final, even after the track has ended
+        self.picked_by: OrderedDict[int, str] = OrderedDict()  # picked is final, even after the track has ended
         self.lock = threading.Lock()
         self.announced = 0
         self.withdrawn = 0
+        self.released = 0  # claims released because their arm went offline
+
+    def reconfigure(self, tracking: TrackingConfig, targets: TargetsConfig, calibration: CalibrationConfig,
+                    fps: float) -> None:
+        """A live config edit: tracks, claims and picks carry over; the tracker is rebuilt only if its settings
+        changed, and then every track waits to be re-linked by overlap under its old id."""
+        calibrated = Calibration.from_config(calibration)  # may raise ValueError: before anything changes
+        rebuild = bytetrack_settings(tracking, fps) != bytetrack_settings(self.tracking_cfg, self.fps)
+        tracker = make_bytetrack(tracking, fps)[0] if rebuild else None
+        with self.lock:
+            self.tracking_cfg, self.cfg, self.calibration, self.fps = tracking, targets, calibrated, fps
+            if tracker is not None:
+                self.tracker, self.id_offset = tracker, self.max_id
+                self.links.clear()
+                for t in self.tracks.values():
+                    t.raw = None
+            for t in self.tracks.values():
+                if t.classes.maxlen != tracking.history:
+                    t.classes = deque(t.classes, maxlen=tracking.history)
 
     # ---- per frame ------------------------------------------------------------------------------------------------
     def scene_cut(self, image: np.ndarray) -> bool:
@@ -142,11 +180,12 @@ class Harvest:
     def _restart(self, now: float) -> list[dict]:
         """The view jumped: every track ends (targets withdrawn) and positions of past picks mean nothing now."""
         out = []
-        for t in self.tracks.values():
+        for t in list(self.tracks.values()):
             if t.state in ("available", "claimed"):
                 out.append(self._message(t, now, "lost"))
                 self.withdrawn += 1
-        self.tracks.clear()
+            self._end(t)
+        self.links.clear()
         self.picked_places.clear()
         self.tracker, _ = make_bytetrack(self.tracking_cfg, self.fps)
         self.id_offset = self.max_id
@@ -168,11 +207,14 @@ class Harvest:
             else:
                 d = self.sv.Detections.empty()
             tracked = self.tracker.update_with_detections(d)
-            seen = set()
+            seen: set[int] = set()
             for k in range(len(tracked)):
                 index = int(tracked.data["index"][k]) if "index" in tracked.data else k
-                tid = int(tracked.tracker_id[k]) + self.id_offset
-                self.max_id = max(self.max_id, tid)
+                raw = int(tracked.tracker_id[k]) + self.id_offset
+                self.max_id = max(self.max_id, raw)
+                tid = self.links.get(raw)
+                if tid is None or tid not in self.tracks:
+                    tid = self._link(raw, detections[index].box, seen)
                 ids[index] = tid
                 seen.add(tid)
                 self._observe(tid, detections[index], captured_at)
@@ -181,10 +223,31 @@ class Harvest:
             m["frame_id"] = frame_id
         return ids, messages
 
+    def _link(self, raw: int, box, seen: set) -> int:
+        """A tracker id seen for the first time: the waiting track it overlaps most, or a new track of that id."""
+        best, best_iou = None, self.cfg.picked_iou
+        for t in self.tracks.values():
+            if t.raw is None and t.track_id not in seen:
+                iou = box_iou(box, t.box)
+                if iou >= best_iou:
+                    best, best_iou = t, iou
+        tid = best.track_id if best is not None else raw
+        if tid in self.tracks:
+            self.tracks[tid].raw = raw
+        self.links[raw] = tid
+        return tid
+
+    def _end(self, t: Track) -> None:
+        del self.tracks[t.track_id]
+        self.links.pop(t.raw, None)
+        self.ended[t.track_id] = t
+        while len(self.ended) > self.ENDED_KEPT:
+            self.ended.popitem(last=False)
+
     def _observe(self, tid: int, det: Detection, now: float) -> None:
         t = self.tracks.get(tid)
         if t is None:
-            t = Track(tid, now, now, det.box, det.class_name, det.confidence)
+            t = Track(tid, now, now, det.box, det.class_name, det.confidence, raw=tid)
             t.classes = deque(maxlen=self.tracking_cfg.history)
             if self._near_picked(det.box, now):
                 t.state = "suppressed"  # the tomato just picked here, seen again after an occlusion
@@ -216,14 +279,19 @@ class Harvest:
         for tid in list(self.tracks):
             t = self.tracks[tid]
             if tid not in seen and now - t.last_seen > lost_after:
+                if t.state == "claimed" and now - t.claimed_at <= cfg.claim_timeout_s:
+                    # the gripper covers the fruit while it cuts: the claim holds, and the track waits to be
+                    # re-linked when the fruit is seen again (or picked is reported)
+                    self.links.pop(t.raw, None)
+                    t.raw = None
+                    continue
                 if t.state in ("available", "claimed"):
                     out.append(self._message(t, now, "lost"))
                     self.withdrawn += 1
-                del self.tracks[tid]
+                self._end(t)
                 continue
             if t.state == "claimed" and now - t.claimed_at > cfg.claim_timeout_s:
-                t.state = "available"  # the arm went quiet: offer it again
-                t.last_announced = float("-inf")
+                self._release(t)  # the arm went quiet: offer it again
             if t.state == "tracking" and self._qualifies(t, now):
                 t.state = "available"
             if t.state == "available" and tid in seen:
@@ -236,6 +304,10 @@ class Harvest:
                     out.append(self._message(t, now, "available"))
                     self.announced += 1
         return out
+
+    @staticmethod
+    def _release(t: Track) -> None:
+        t.state, t.claimed_by, t.last_announced = "available", None, float("-inf")
 
     def _qualifies(self, t: Track, now: float) -> bool:
         cfg = self.cfg
@@ -257,65 +329,145 @@ class Harvest:
         return msg
 
     # ---- arm protocol ---------------------------------------------------------------------------------------------
-    def arm_event(self, action: str, track_id, now: Optional[float] = None) -> dict:
-        """claim / picked / failed from the arm; returns the acknowledgement body."""
+    def arm_event(self, action: str, track_id, arm_id: str, now: Optional[float] = None) -> dict:
+        """claim / picked / failed from the arm `arm_id`; returns the acknowledgement body."""
         now = time.time() if now is None else now
         if not isinstance(track_id, int) or isinstance(track_id, bool):
-            return {"ok": False, "error": "track_id must be an integer"}
+            return {"ok": False, "arm_id": arm_id, "error": "track_id must be an integer"}
         with self.lock:
-            t = self.tracks.get(track_id)
-            if action == "claim":
-                if t is None or t.state not in ("available", "claimed"):
-                    return {"ok": False, "track_id": track_id,
-                            "error": f"track {track_id} is not an available target ({t.state if t else 'unknown'})"}
-                if t.state == "claimed":
-                    return {"ok": False, "track_id": track_id, "error": f"track {track_id} is already claimed"}
-                t.state, t.claimed_at = "claimed", now
-                return {"ok": True, "track_id": track_id, "state": "claimed",
-                        "until": round(now + self.cfg.claim_timeout_s, 3)}
-            if action == "picked":
-                if track_id in self.picked_ids:  # a duplicate (QoS 1 redelivery, a retry): same answer again
-                    return {"ok": True, "track_id": track_id, "state": "picked", "duplicate": True}
-                if t is None:
-                    return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
-                # picked without a claim is accepted: the fruit is gone either way, and refusing the report would
-                # get it offered again; the reply says whether it had been claimed
-                claimed = t.state == "claimed"
-                t.state = "picked"
-                self.picked_ids.append(track_id)
-                self.picked_places.append((t.box, now))
-                return {"ok": True, "track_id": track_id, "state": "picked", "claimed": claimed}
-            if action == "failed":
-                if track_id in self.picked_ids:
-                    return {"ok": False, "track_id": track_id, "state": "picked",
-                            "error": f"track {track_id} was already reported picked; picked is final, so this "
-                                     "failed is refused and the target is not offered again"}
-                if t is None:
-                    return {"ok": False, "track_id": track_id, "error": f"track {track_id} is unknown"}
-                t.state, t.last_announced = "tracking", float("-inf")  # qualifies again on the next frame
-                return {"ok": True, "track_id": track_id, "state": "available-again"}
-        return {"ok": False, "error": f"unknown arm action {action!r}"}
+            reply = {"claim": self._claim, "picked": self._picked, "failed": self._failed}[action](track_id, arm_id,
+                                                                                                  now)
+        return {"arm_id": arm_id, "track_id": track_id, **reply}
+
+    def _claim(self, track_id: int, arm_id: str, now: float) -> dict:
+        t = self.tracks.get(track_id)
+        if t is None or t.state not in ("available", "claimed"):
+            state = t.state if t else ("picked" if track_id in self.picked_by else "unknown")
+            return {"ok": False, "granted": False, "error": f"track {track_id} is not an available target ({state})"}
+        if t.state == "claimed":
+            if t.claimed_by == arm_id:  # a redelivered claim (QoS 1) or a retry: the same grant again
+                return {"ok": True, "granted": True, "state": "claimed", "duplicate": True,
+                        "until": round(t.claimed_at + self.cfg.claim_timeout_s, 3)}
+            return {"ok": False, "granted": False, "holder": t.claimed_by,
+                    "error": f"track {track_id} is already claimed by arm {t.claimed_by}"}
+        t.state, t.claimed_at, t.claimed_by = "claimed", now, arm_id
+        return {"ok": True, "granted": True, "state": "claimed", "until": round(now + self.cfg.claim_timeout_s, 3)}
+
+    def _picked(self, track_id: int, arm_id: str, now: float) -> dict:
+        if track_id in self.picked_by:
+            by = self.picked_by[track_id]
+            if by == arm_id:  # a duplicate (QoS 1 redelivery, a retry): same answer again
+                return {"ok": True, "state": "picked", "duplicate": True}
+            return {"ok": False, "state": "picked", "error": f"track {track_id} was already reported picked by "
+                                                             f"arm {by}"}
+        t = self.tracks.get(track_id) or self.ended.get(track_id)
+        if t is None:
+            return {"ok": False, "error": f"track {track_id} is unknown"}
+        if t.state == "claimed" and t.claimed_by != arm_id and track_id in self.tracks:
+            return {"ok": False, "holder": t.claimed_by,
+                    "error": f"track {track_id} is claimed by arm {t.claimed_by}, not {arm_id}: only the arm "
+                             "holding the claim may report it"}
+        # picked without a claim is accepted: the fruit is gone either way, and refusing the report would get it
+        # offered again; the reply says whether it had been claimed. A track that ended (its claim lapsed while
+        # the fruit was hidden) is still accepted: picked is always remembered.
+        claimed = t.state == "claimed" and t.claimed_by == arm_id
+        t.state = "picked"
+        self.picked_by[track_id] = arm_id
+        while len(self.picked_by) > 10_000:
+            self.picked_by.popitem(last=False)
+        self.picked_places.append((t.box, now))
+        return {"ok": True, "state": "picked", "claimed": claimed}
+
+    def _failed(self, track_id: int, arm_id: str, now: float) -> dict:
+        if track_id in self.picked_by:
+            return {"ok": False, "state": "picked",
+                    "error": f"track {track_id} was already reported picked; picked is final, so this failed is "
+                             "refused and the target is not offered again"}
+        t = self.tracks.get(track_id)
+        if t is None:
+            return {"ok": False, "error": f"track {track_id} is unknown"}
+        if t.state != "claimed" or t.claimed_by != arm_id:
+            holder = f"claimed by arm {t.claimed_by}" if t.state == "claimed" else f"not claimed ({t.state})"
+            return {"ok": False, "error": f"arm {arm_id} does not hold a claim on track {track_id} ({holder}): "
+                                          "only the arm holding the claim may report it failed"}
+        self._release(t)
+        if t.raw is not None:
+            t.state = "tracking"  # seen: it qualifies again on the next frame
+        return {"ok": True, "state": "available-again"}
+
+    def release_arm(self, arm_id: str) -> list[int]:
+        """The arm went offline (its last will): every claim it held is offered again at once."""
+        with self.lock:
+            released = [t.track_id for t in self.tracks.values() if t.state == "claimed" and t.claimed_by == arm_id]
+            for tid in released:
+                self._release(self.tracks[tid])
+            self.released += len(released)
+        return released
 
     def counts(self) -> dict:
         with self.lock:
             states: dict[str, int] = {}
+            claims: dict[str, int] = {}
             for t in self.tracks.values():
                 states[t.state] = states.get(t.state, 0) + 1
+                if t.state == "claimed":
+                    claims[t.claimed_by] = claims.get(t.claimed_by, 0) + 1
             return {"tracks": len(self.tracks), "announced": self.announced, "withdrawn": self.withdrawn,
-                    "scene_cuts": self.scene_cuts, **states}
+                    "scene_cuts": self.scene_cuts, "released": self.released, "claims_by_arm": claims, **states}
 
 
 ARM_ACTIONS = ("claim", "picked", "failed")
+ARM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ARM_OFFLINE = (b"offline", b'"offline"', b'{"online":false}', b'{"online": false}')
 
 
-def arm_request(harvest: Optional[Harvest], action: str, payload: bytes) -> dict:
-    """One arm message (arm/<action>, body {"track_id": N, "id"?: …}) → the body of its arm/<action>/result."""
+def arm_id_of(body: dict, topic_arm: Optional[str]) -> str:
+    """The sending arm's id: required in the body; on a per-arm topic it must be the topic's (the broker's ACL
+    can then vouch for it)."""
+    arm_id = body.get("arm_id")
+    if not isinstance(arm_id, str) or not ARM_ID.fullmatch(arm_id) or arm_id in ARM_ACTIONS:
+        raise CommandError(f'"arm_id" is required: 1-64 letters, digits, "_", "." or "-", not one of '
+                           f"{', '.join(ARM_ACTIONS)} (got {json.dumps(arm_id)[:40]})")
+    if topic_arm is not None and topic_arm != arm_id:
+        raise CommandError(f'"arm_id" {arm_id!r} does not match the topic\'s arm {topic_arm!r}')
+    return arm_id
+
+
+def arm_message(harvest: Optional[Harvest], suffix: str, payload: bytes) -> list[tuple[str, dict]]:
+    """One message under arm/ (`suffix` is the rest of the topic) → the replies to publish, as (suffix, body).
+
+    arm/<action> and arm/<arm_id>/<action> with {"arm_id": ..., "track_id": N, "id"?: ...} are answered on
+    arm/<action>/result (every arm sees who was granted what) and on arm/<arm_id>/result (that arm's own);
+    arm/<arm_id>/status "offline" (the arm's last will) releases that arm's claims.
+    """
+    parts = suffix.split("/")
+    topic_arm, action = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1]) if len(parts) == 2 else (
+        None, "")
+    if action == "status":
+        if topic_arm and harvest is not None and payload.strip().lower() in ARM_OFFLINE:
+            released = harvest.release_arm(topic_arm)
+            if released:
+                log.warning("arm %s went offline: its claims on %s are released", topic_arm, released)
+        return []
+    if action not in ARM_ACTIONS:  # our own .../result answers, or topics of nobody's
+        return []
+    arm_id = None
     try:
         body = parse_request(payload)
+        arm_id = arm_id_of(body, topic_arm)
     except CommandError as exc:
-        return {"ok": False, "error": f'{exc} (expected a JSON object like {{"track_id": 17}})'}
-    reply = (harvest.arm_event(action, body.get("track_id")) if harvest
-             else {"ok": False, "error": "targets are off (tracking unavailable)"})
+        reply = {"ok": False, "error": f'{exc} (expected a JSON object like {{"arm_id": "left", "track_id": 17}})'}
+        if action == "claim":
+            reply["granted"] = False
+        rid = request_id(payload)
+        body = {"id": rid} if rid is not None else {}
+    else:
+        reply = (harvest.arm_event(action, body.get("track_id"), arm_id) if harvest
+                 else {"ok": False, "arm_id": arm_id, "error": "targets are off (tracking unavailable)"})
+    reply["action"] = action
     if "id" in body:
         reply["id"] = body["id"]
-    return reply
+    replies = [(f"arm/{action}/result", reply)]
+    if arm_id:
+        replies.append((f"arm/{arm_id}/result", reply))
+    return replies

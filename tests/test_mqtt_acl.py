@@ -12,7 +12,7 @@ from tests.conftest import REPO, Broker, start_daemon, write_config
 
 ACL = REPO / "examples" / "mosquitto" / "ripeye.acl"
 BASE = "ripeye/aclbox"
-PASSWORDS = {"device": "dev-pass-1", "arm": "arm-pass-2", "operator": "op-pass-3"}
+PASSWORDS = {"device": "dev-pass-1", "left": "arm-pass-2", "right": "arm-pass-4", "operator": "op-pass-3"}
 
 
 class Client:
@@ -74,14 +74,17 @@ def test_roles_limit_topics_and_device_role_runs_the_daemon(tmp_path, acl_broker
         "mqtt": {"port": acl_broker.port, "username": "device", "password_file": str(tmp_path / "device.secret")},
         "tracking": {"enabled": False}, "targets": {"enabled": False}})
     operator = Client(acl_broker.port, "operator", [f"{BASE}/#"])
-    arm = Client(acl_broker.port, "arm", [f"{BASE}/detections", f"{BASE}/arm/+/result", f"{BASE}/cmd/+/result"])
+    arm = Client(acl_broker.port, "left", [f"{BASE}/detections", f"{BASE}/arm/+/result", f"{BASE}/cmd/+/result"])
     proc = start_daemon(cfg)
     try:
         operator.wait_for("detections", timeout=40)  # the device role publishes, the operator reads
         arm.wait_for("detections")
         arm.publish("cmd/pause", {"id": "from-arm"})  # refused by the ACL: the daemon never sees it
-        arm.publish("arm/claim", {"track_id": 1, "id": "claim-1"})  # allowed: answered (targets are off here)
-        assert json.loads(arm.wait_for("arm/claim/result"))["id"] == "claim-1"
+        arm.publish("arm/right/claim", {"arm_id": "right", "track_id": 1, "id": "as-right"})  # not its topic
+        arm.publish("arm/left/claim", {"arm_id": "left", "track_id": 1, "id": "claim-1"})  # its own: answered
+        assert json.loads(arm.wait_for("arm/left/result"))["id"] == "claim-1"  # (targets are off here)
+        assert arm.on("arm/claim/result") == []  # the shared answers are not the arm's to read
+        assert [json.loads(p)["id"] for p in operator.on("arm/claim/result")] == ["claim-1"]  # right's never came
         operator.publish("cmd/stats", {"id": "from-operator"})
         assert json.loads(operator.wait_for("cmd/stats/result"))["ok"] is True
         assert operator.on("cmd/pause/result") == [] and operator.on("cmd/pause") == []
