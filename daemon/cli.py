@@ -40,6 +40,13 @@ def cmd_run(args) -> int:
         except ConfigError as exc:
             print(f"ripeye: {exc}", file=sys.stderr)
             return 2
+    from daemon.liveconfig import preflight
+
+    try:
+        preflight(cfg, args.config or "defaults", model=False)  # a model that does not load is retried, not fatal
+    except ConfigError as exc:
+        print(f"ripeye: invalid config\n{exc}", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level or cfg.log.level)
     daemon = Daemon(cfg, args.config)
     daemon.state_problems.extend(state_problems)
@@ -251,9 +258,11 @@ def cmd_doctor(args) -> int:
 
 def cmd_config_check(args) -> int:
     from daemon import config
+    from daemon.liveconfig import preflight
 
     try:
         cfg = config.load(args.file)
+        preflight(cfg, args.file, model=False)  # the files it names (TLS, password, token) must read
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -262,11 +271,14 @@ def cmd_config_check(args) -> int:
 
     try:
         problems = load_bundle(select_size(cfg.model.path, cfg.model.imgsz)).problems  # the variant the daemon loads
-    except (FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
         # the config may be checked off the target (a staging root, another machine): only a model found here
         # is looked into
         print(f"{args.file}: model.path: note: {exc} (not checked here)", file=sys.stderr)
         problems = []
+    except ValueError as exc:  # a model folder that is here but malformed: the daemon could not use it
+        print(f"{args.file}: {'model.imgsz' if cfg.model.imgsz else 'model.path'}: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:  # the daemon still runs (on what is intact) but someone should look
         print(f"{args.file}: model.path: WARNING {problem}", file=sys.stderr)
     print(f"{args.file}: {'OK' if not problems else 'usable, with warnings'} (device_id={cfg.device_id}, "

@@ -12,7 +12,7 @@ import yaml
 
 from daemon import config as config_mod
 from daemon.config import ConfigError
-from daemon.control import CommandError, flag, parse_request
+from daemon.control import CommandError, flag, parse_request, request_id
 from daemon.durable import write_durably
 from daemon.vision import annotate
 
@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     from daemon.control import DaemonControl
 
 log = logging.getLogger(__name__)
+
+
+def resolve_nulls(patch: dict, underneath: dict) -> dict:
+    """The patch with each null replaced by the value underneath it (file + persisted overrides), so that merging it
+    restores that value rather than deleting the key from the running config."""
+    out = {}
+    for key, value in patch.items():
+        if value is None:
+            out[key] = underneath.get(key) if isinstance(underneath, dict) else None
+        elif isinstance(value, dict):
+            out[key] = resolve_nulls(value, underneath.get(key, {}) if isinstance(underneath, dict) else {})
+        else:
+            out[key] = value
+    return out
 
 
 class Commands:
@@ -50,6 +64,9 @@ class Commands:
             reply = {"ok": False, "error": str(exc), "keys": [k for k, _ in exc.problems]}
         except CommandError as exc:
             reply = {"ok": False, "error": str(exc)}
+            rid = request_id(payload) if not request else None
+            if rid is not None:
+                request = {"id": rid}
         except Exception as exc:  # a bug in one command must not take the daemon down
             log.exception("command %s failed", name)
             reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -85,11 +102,7 @@ class Commands:
     def reload(self, req: dict) -> dict:
         if not self.daemon.config_path:
             raise CommandError("the daemon was started without a config file")
-        try:
-            new = config_mod.load_with_overrides(self.daemon.config_path)
-        except ConfigError:
-            raise
-        self.daemon.apply_config(new)
+        self.daemon.apply_config(config_mod.load_with_overrides(self.daemon.config_path), str(self.daemon.config_path))
         return {}
 
     def set(self, req: dict) -> dict:
@@ -97,14 +110,22 @@ class Commands:
         if not isinstance(patch, dict) or not patch:
             raise CommandError('give the change as "patch": {section: {key: value}} (a JSON merge-patch)')
         config_mod.check_hot_patch(patch)
-        current = self.daemon.cfg
-        new = config_mod.validate(config_mod.merge_patch(current.model_dump(), patch), "set")
         persist = flag(req, "persist")
+        d = self.daemon
+        file = config_mod.overrides_file(d.cfg)
+        persisted = config_mod.read_yaml(file) if file.is_file() else {}
         if persist:
-            file = config_mod.overrides_file(new)
-            old = yaml.safe_load(file.read_text()) if file.is_file() else {}
-            write_durably(file, yaml.safe_dump(config_mod.merge_patch(old or {}, patch)))
-        self.daemon.apply_config(new)
+            persisted = config_mod.merge_patch(persisted, patch)
+        # a null removes that key's override: its value comes back from the config file (and what stays persisted)
+        underneath = config_mod.merge_patch(config_mod.load(d.config_path).model_dump(), persisted)
+        new = config_mod.validate(config_mod.merge_patch(d.cfg.model_dump(), resolve_nulls(patch, underneath)),
+                                  "set")
+        d.apply_config(new, "set")
+        if persist:
+            if persisted:
+                write_durably(file, yaml.safe_dump(persisted))
+            else:
+                file.unlink(missing_ok=True)  # nothing left to override
         return {"applied": patch, "persisted": persist}
 
     def model(self, req: dict) -> dict:
@@ -115,7 +136,7 @@ class Commands:
                                "(model.alternatives in the config)")
         data = self.daemon.cfg.model_dump()
         data["model"]["path"] = choices[name]
-        self.daemon.apply_config(config_mod.validate(data, "model command"))
+        self.daemon.apply_config(config_mod.validate(data, "model command"), "model command")
         det = self.daemon.detector
         return {"model": name, "backend": det.backend if det else None}
 

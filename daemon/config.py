@@ -21,7 +21,7 @@ DEFAULT_MODEL_DIR = REPO_DIR / "models" / "tomato-yolo11n"
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SourceConfig(Strict):
@@ -213,6 +213,8 @@ class HttpConfig(Strict):
     stream_fps: float = Field(10, gt=0, description="max frame rate of the MJPEG live view")
     jpeg_quality: int = Field(75, ge=10, le=100)
     idle_timeout_s: float = Field(30, gt=0, description="a connection silent (or not reading) this long is closed")
+    header_timeout_s: float = Field(10, gt=0, description="a client must send its request line and headers within "
+                                                          "this long, however slowly it trickles them")
     max_connections: int = Field(32, ge=1, description="connections served at once; more are answered 503")
     token_file: Optional[str] = Field(None, description="file holding the access token; when set, every endpoint "
                                                         "but /healthz needs it (Bearer, or basic auth password)")
@@ -376,8 +378,8 @@ def load_with_overrides(path: Optional[str | Path], set_aside: Optional[list[str
         return base
     try:
         patch = read_yaml(file)
-        if not isinstance(patch, dict) or not patch:  # the daemon never writes an empty file: a torn write
-            raise ConfigError(str(file), [("", f"top level must be a non-empty mapping, not {patch!r:.40}")])
+        if not isinstance(patch, dict):  # empty is fine: every override was removed
+            raise ConfigError(str(file), [("", f"top level must be a mapping, not {patch!r:.40}")])
         return validate(merge_patch(base.model_dump(), patch), f"{path} + {file}")
     except ConfigError as exc:
         if set_aside is None:

@@ -16,6 +16,17 @@ class CommandError(Exception):
     """A request that cannot be carried out; the message goes back to the caller."""
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range (only finite numbers are accepted)")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows (only finite numbers are accepted)")
+
+
 def parse_request(payload: bytes) -> dict:
     """A command or arm request body as a JSON object (empty = {}); CommandError "malformed request: ..." otherwise."""
     try:
@@ -23,9 +34,11 @@ def parse_request(payload: bytes) -> dict:
     except UnicodeDecodeError:
         raise CommandError("malformed request: payload is not UTF-8 text") from None
     try:
-        parsed = json.loads(text) if text else {}
+        parsed = json.loads(text, parse_float=_finite, parse_constant=_no_constant) if text else {}
     except json.JSONDecodeError as exc:
         raise CommandError(f"malformed request: malformed JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:  # NaN, Infinity, 1e400: they would be stored, then published as non-standard JSON
+        raise CommandError(f"malformed request: {exc}") from None
     except RecursionError:
         raise CommandError("malformed request: JSON nested too deeply") from None
     if not isinstance(parsed, dict):
@@ -33,6 +46,17 @@ def parse_request(payload: bytes) -> dict:
     if isinstance(parsed.get("id"), (dict, list)):
         raise CommandError('malformed request: "id" must be a string or a number')
     return parsed
+
+
+def request_id(payload: bytes):
+    """The "id" of a request that parse_request refused (a non-finite number elsewhere in it), so the refusal can
+    still be correlated by the caller; None when there is none to be had."""
+    try:
+        parsed = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
+        return None
+    rid = parsed.get("id") if isinstance(parsed, dict) else None
+    return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
 
 
 def flag(req: dict, key: str, default: bool = False) -> bool:

@@ -121,6 +121,29 @@ def read_side_file(path: Path, problems: list[str]) -> dict:
     return data
 
 
+def metadata_problems(metadata: dict) -> list[str]:
+    """What is malformed in a metadata.json (key: why); [] when it is usable. Checked before a model is used, so a
+    bad edit is refused with a reason instead of failing deep inside a loader."""
+    problems = []
+    size = metadata.get("input_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        problems.append(f"input_size: must be [height, width] (two positive integers), not {json.dumps(size)[:40]}")
+    names = metadata.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        problems.append(f"class_names: must be a list of strings, not {json.dumps(names)[:40]}")
+    sources = metadata.get("sources")
+    if sources is not None and not (isinstance(sources, dict) and all(isinstance(v, str) for v in sources.values())):
+        problems.append(f"sources: must be a mapping of file name to SHA-256, not {json.dumps(sources)[:40]}")
+    for key in ("name", "version"):
+        if metadata.get(key) is not None and not isinstance(metadata[key], str):
+            problems.append(f"{key}: must be a string, not {json.dumps(metadata[key])[:40]}")
+    default = metadata.get("default_input_size")
+    if default is not None and not (isinstance(default, int) and not isinstance(default, bool) and default > 0):
+        problems.append(f"default_input_size: must be a positive integer, not {json.dumps(default)[:40]}")
+    return problems
+
+
 def manifest_entries(manifest: dict, manifest_file: Path, problems: list[str]) -> list[dict]:
     """The usable entries of a manifest's artifact list; each unusable one is a problem naming file and index."""
     entries = manifest.get("artifacts", [])
@@ -148,6 +171,9 @@ def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
     root = path if path.is_dir() else find_model_root(path)
     problems: list[str] = []
     metadata = read_side_file(root / METADATA, problems)
+    malformed = metadata_problems(metadata)
+    if malformed:
+        raise ValueError(f"{root / METADATA}: " + "; ".join(malformed))
     artifacts: list[Artifact] = []
     manifest_file = root / MANIFEST
     manifest = {"artifacts": manifest_entries(read_side_file(manifest_file, problems), manifest_file, problems)}
@@ -199,8 +225,10 @@ def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
 def _folder_size(folder: Path) -> Optional[int]:
     if not (folder / METADATA).is_file():
         return None
-    size = read_side_file(folder / METADATA, []).get("input_size") or (640, 640)
-    return int(size[0])
+    metadata = read_side_file(folder / METADATA, [])
+    if metadata_problems(metadata):
+        return None  # load_bundle says what is wrong with it
+    return int((metadata.get("input_size") or (640, 640))[0])
 
 
 def size_variants(folder: str | Path) -> dict[int, Path]:

@@ -14,13 +14,13 @@ from typing import Optional
 import psutil
 
 from daemon import __version__, output
-from daemon import config as config_mod
 from daemon.capture import CaptureThread, Frame
-from daemon.config import Config, ConfigError
+from daemon.config import Config
 from daemon.depth import Locate
 from daemon.detector import Detector, NoUsableBackend, load_detector
 from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
+from daemon.liveconfig import LiveConfig
 from daemon.model import SizeNotFound
 from daemon.mqtt import MqttLink
 from daemon.output import SCHEMA_VERSION
@@ -47,6 +47,8 @@ class Result:
 class Daemon:
     """Owns the threads; `cfg` is swapped atomically on a valid config edit."""
 
+    MODEL_RETRY_S = 30.0  # a model that would not load is tried again this often
+
     def __init__(self, cfg: Config, config_path: Optional[str] = None):
         self.cfg = cfg
         self.config_path = Path(config_path) if config_path else None
@@ -68,7 +70,7 @@ class Daemon:
         self.capture: Optional[CaptureThread] = None
         self.link: Optional[MqttLink] = None
         self.process = psutil.Process()
-        self._config_mtime = self._mtime()
+        self.live = LiveConfig(self, self.config_path)
         self._last_stats = time.monotonic()
         self.latest: Optional[tuple] = None  # (frame, detections) last published, for snapshots
         self.notifier = Notifier()
@@ -111,7 +113,7 @@ class Daemon:
 
     def _make_link(self, cfg: Config) -> MqttLink:
         link = MqttLink(cfg.mqtt, cfg.device_id, on_message=self._on_message, on_connected=self._on_connected)
-        link.subscriptions.append(link.topic("arm/+"))
+        link.subscriptions += [link.topic("arm/+"), link.topic("arm/+/+")]  # arm/<action>, arm/<arm_id>/<action|status>
         return link
 
     def _make_harvest(self, cfg: Config):
@@ -126,7 +128,7 @@ class Daemon:
             return None
 
     def _on_message(self, topic: str, payload: bytes, properties=None, retained: bool = False) -> None:
-        if retained:
+        if retained and not (topic.startswith(self.link.topic("arm/")) and topic.endswith("/status")):
             # a retained command would replay at every start (a daemon that always comes up paused, a pick
             # re-reported): a command is an event, not a state, so stored ones are refused and said so
             self.report_error("command", f"{topic}: ignored a retained message (commands are events, not state; "
@@ -138,21 +140,21 @@ class Daemon:
             self.commands.handle(topic, payload, properties)
 
     def _on_arm(self, topic: str, payload: bytes) -> None:
-        """claim / picked / failed from the arm (harvest.py), each acknowledged on arm/<action>/result."""
-        from daemon.harvest import ARM_ACTIONS, arm_request
+        """claim / picked / failed / status from the arms (harvest.py), each request acknowledged."""
+        from daemon.harvest import arm_message
 
-        action = topic.rsplit("/", 1)[-1]
-        if action in ARM_ACTIONS:
-            self.link.reply(f"arm/{action}/result", arm_request(self.harvest, action, payload))
+        for suffix, body in arm_message(self.harvest, topic[len(self.link.topic("arm/")):], payload):
+            self.link.reply(suffix, body)
 
-    def _start_web(self) -> None:
+    def _start_web(self, http=None) -> None:
         from daemon.web import WebServer
 
+        http = http or self.cfg.http
         try:
-            self.web = WebServer(self, self.cfg.http, self.metrics)
+            self.web = WebServer(self, http, self.metrics)
             self.web.start()
         except OSError as exc:  # port taken: the daemon still runs, the live view does not
-            self.report_error("http", f"cannot serve on {self.cfg.http.host}:{self.cfg.http.port}: {exc}",
+            self.report_error("http", f"cannot serve on {http.host}:{http.port}: {exc}",
                               key="http.token_file" if "http.token_file" in str(exc) else "http.port")
             self.web = None
 
@@ -161,6 +163,7 @@ class Daemon:
         m.fps.set(self.stages.fps())
         m.dropped.set(self.frames.dropped + self.results.dropped)
         m.reconnects.set(max(0, self.link.connects - 1) if self.link else 0)
+        m.mqtt_connected.set(1 if self.link and self.link.connected.is_set() else 0)
         m.camera_reconnects.set(self.capture.reconnects if self.capture else 0)
 
     def _spawn(self, target, name: str) -> None:
@@ -179,8 +182,8 @@ class Daemon:
             return None
         return (detector.input_size, *detector.preprocess(image))
 
-    def _load_detector(self) -> bool:
-        cfg = self.cfg
+    def _load_detector(self, cfg: Optional[Config] = None) -> bool:
+        cfg = cfg or self.cfg
         options = runtime_options(cfg)
         try:
             detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
@@ -279,7 +282,10 @@ class Daemon:
         self.latest = (r.frame, out.detections, out.track_ids)
         if self.first_publish_at is None:
             self.first_publish_at = out.published_at
-            log.info("first detections published %.2f s after start", out.published_at - self.started_at)
+            link = self.link
+            unsent = (f" (queued, not sent: mqtt {link.state}: {link.last_error})"
+                      if link and not link.connected.is_set() else "")
+            log.info("first detections published %.2f s after start%s", out.published_at - self.started_at, unsent)
             self.notifier.ready(f"processing {self.capture.description if self.capture else ''}")
         self.on_frame_published(r)
 
@@ -320,8 +326,9 @@ class Daemon:
             "model": {"name": detector.bundle.name, "version": detector.bundle.version} if detector else None,
             "paused": self.paused.is_set(),
             "paused_by": self.paused_by if self.paused.is_set() else None,
-            "mqtt": {"reconnects": max(0, self.link.connects - 1), "outbox": len(self.link.outbox),
-                     "outbox_dropped": self.link.outbox.dropped, "dropped": dict(self.link.outbox.dropped_by)}
+            "mqtt": {**self.link.describe(), "reconnects": max(0, self.link.connects - 1),
+                     "outbox": len(self.link.outbox), "outbox_dropped": self.link.outbox.dropped,
+                     "dropped": dict(self.link.outbox.dropped_by)}
             if self.link else None,
             "errors": self.errors_total,
             "targets": self.harvest.counts() if self.harvest else None,
@@ -354,7 +361,8 @@ class Daemon:
                        "paused": self.paused.is_set(),
                        "last_frame_age_s": round(time.monotonic() - self.last_frame_done, 2),
                        "fps": round(self.stages.fps(), 2), "camera": self.capture.state if self.capture else None,
-                       "backend": self.detector.backend if self.detector else None}
+                       "backend": self.detector.backend if self.detector else None,
+                       "mqtt": self.link.describe() if self.link else None}
 
     def readiness(self) -> tuple[bool, str]:
         """Whether detections are being produced now, and if not why: for /healthz, a load balancer, an operator.
@@ -372,6 +380,10 @@ class Daemon:
         if capture is None or capture.state != "running":
             state = capture.state if capture else "none"
             return False, f"camera {state}" + (f": {capture.last_error}" if capture and capture.last_error else "")
+        link = self.link
+        if link is not None and not link.connected.is_set():  # detections are made, but reach no arm
+            return False, f"mqtt {link.state} ({link.cfg.host}:{link.cfg.port})" + (
+                f": {link.last_error}" if link.last_error else "")
         if not self.healthy():
             return False, f"no frame processed for {time.monotonic() - self.last_frame_done:.0f} s"
         if self.first_publish_at is None:
@@ -379,74 +391,32 @@ class Daemon:
         return True, ""
 
     def _housekeeping_loop(self) -> None:
+        next_model_retry = time.monotonic() + self.MODEL_RETRY_S
         while not self.stop_event.wait(0.5):
-            if self.notifier.watchdog_s and self.healthy():
-                self.notifier.watchdog()
-            if not self.notifier.ready_sent and self.capture and self.capture.state == "reconnecting":
-                # READY comes with the first processed frame; a camera that is not there yet is a handled wait,
-                # so say so rather than let systemd time the start out.
-                self.notifier.ready(f"waiting for camera: {self.capture.last_error}")
-            if time.monotonic() - self._last_stats >= self.cfg.stats.interval_s:
-                self._last_stats = time.monotonic()
-                self.publish_stats()
-            if self.detector is None and int(time.monotonic()) % 30 == 0:
-                self._load_detector()
-            mtime = self._mtime()
-            if mtime != self._config_mtime:
-                self._config_mtime = mtime
-                self.reload_config()
+            try:
+                if self.notifier.watchdog_s and self.healthy():
+                    self.notifier.watchdog()
+                if not self.notifier.ready_sent and self.capture and self.capture.state == "reconnecting":
+                    # READY comes with the first processed frame; a camera that is not there yet is a handled wait,
+                    # so say so rather than let systemd time the start out.
+                    self.notifier.ready(f"waiting for camera: {self.capture.last_error}")
+                if time.monotonic() - self._last_stats >= self.cfg.stats.interval_s:
+                    self._last_stats = time.monotonic()
+                    self.publish_stats()
+                if self.detector is None and time.monotonic() >= next_model_retry:
+                    next_model_retry = time.monotonic() + self.MODEL_RETRY_S  # one try (and error) per interval
+                    self._load_detector()
+                self.live.poll()
+            except Exception as exc:  # this thread applies config edits and pings the watchdog: it must live on
+                log.exception("housekeeping failed")
+                self.report_error("housekeeping", f"{type(exc).__name__}: {exc}")
 
-    # ---- live config --------------------------------------------------------------------------------------------
-    def _mtime(self) -> Optional[float]:
-        try:
-            return self.config_path.stat().st_mtime if self.config_path else None
-        except OSError:
-            return None
-
+    # ---- live config (daemon/liveconfig.py) ---------------------------------------------------------------------
     def reload_config(self) -> bool:
-        """Re-read the config file; apply a valid one, keep the running config on any error."""
-        if not self.config_path:
-            return False
-        try:
-            new = config_mod.load_with_overrides(self.config_path)
-        except ConfigError as exc:
-            for key, msg in exc.problems:
-                where = f"{exc.file}: {key}: " if key else f"{exc.file}: "
-                self.report_error("config", f"{where}{msg}; keeping the last good config", key=key or None)
-            return False
-        self.apply_config(new)
-        return True
+        return self.live.reload()
 
-    def apply_config(self, new: Config) -> None:
-        """Swap in a validated config; only the stages whose settings changed are restarted."""
-        self.notifier.reloading()
-        old, self.cfg = self.cfg, new
-        logging.getLogger().setLevel(new.log.level)
-        link_keys = ("host", "port", "topic_prefix", "client_id", "keepalive", "username", "password_file",
-                     "password_env", "tls", "tls_ca_certs", "tls_client_cert", "tls_client_key", "tls_insecure",
-                     "enabled")
-        if new.device_id != old.device_id or any(getattr(new.mqtt, k) != getattr(old.mqtt, k) for k in link_keys):
-            if self.link:
-                self.link.stop()
-            self.link = self._make_link(new) if new.mqtt.enabled else None
-            if self.link:
-                self.link.start()
-        elif self.link:
-            self._on_connected()
-        if self.harvest and (new.targets != old.targets):
-            self.harvest.cfg = new.targets
-        if (new.tracking, new.calibration) != (old.tracking, old.calibration):
-            self.harvest = self._make_harvest(new)
-            self.locate = Locate(new.calibration.camera_to_arm_matrix())
-        if (new.model, new.runtime.backend, new.runtime.threads, new.runtime.device) != (
-                old.model, old.runtime.backend, old.runtime.threads, old.runtime.device):
-            self._load_detector()
-        if new.source != old.source and self.capture:
-            self.capture.stop()
-            self.capture.join(timeout=5)
-            self._start_capture()
-        self.notifier.send("READY=1")
-        log.info("config applied")
+    def apply_config(self, new: Config, file: str = "config") -> None:
+        self.live.apply(new, file)
 
     # ---- process ------------------------------------------------------------------------------------------------
     def run_forever(self) -> int:

@@ -17,7 +17,6 @@ from tests.conftest import daemon_log, start_daemon, write_config
 VALID = "detect:\n  confidence: 0.6\ntargets:\n  min_frames: 4\n"
 BAD_OVERRIDES = {
     "truncated": VALID[:17].encode(),  # "detect:\n  confide": a write cut short by a power loss
-    "empty": b"",
     "garbage": bytes(range(256)) * 4,
     "invalid_value": b"detect:\n  confidence: 7\n",
 }
@@ -45,6 +44,15 @@ def test_valid_overrides_still_apply(tmp_path):
     write_durably(tmp_path / "state" / "overrides.yaml", VALID)
     problems: list[str] = []
     assert config.load_with_overrides(cfg_file, problems).detect.confidence == 0.6 and problems == []
+
+
+def test_an_empty_overrides_file_is_valid(tmp_path):
+    """Every override removed (a `set` null): an empty file means "nothing overridden", not damaged state."""
+    cfg_file = write_config(tmp_path / "c.yaml", {"state_dir": str(tmp_path / "state"), "detect": {"iou": 0.5}})
+    write_durably(tmp_path / "state" / "overrides.yaml", "")
+    problems: list[str] = []
+    assert config.load_with_overrides(cfg_file, problems).detect.iou == 0.5 and problems == []
+    assert (tmp_path / "state" / "overrides.yaml").exists()
 
 
 @pytest.mark.parametrize("content", [b'{"abc|cpu": {"backend": "openv', b"", b"[1, 2]", b'{"k": {"backend": 3}}'])
