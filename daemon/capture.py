@@ -57,6 +57,10 @@ class Source:
     def _replayed_last(self, frames) -> bool:
         return self.last_number is not None and self.last_number > 1 and frames.get_frame_number() == self.last_number
 
+    def take_problems(self) -> list[str]:
+        """Problems met while reading that did not stop the source (skipped files), each reported once."""
+        return []
+
     def take_depth(self) -> Optional[DepthMap]:
         """The depth that belongs to the image read() returned last; None for sources without depth."""
         return None
@@ -121,6 +125,8 @@ class ImageFolderSource(Source):
         self.description = f"image folder {self.path}"
         self.files: list[Path] = []
         self.index = 0
+        self.unreadable: set[Path] = set()
+        self.problems: list[str] = []
 
     def open(self) -> None:
         if self.path.is_file():
@@ -134,14 +140,27 @@ class ImageFolderSource(Source):
         self.index = 0
 
     def read(self) -> np.ndarray:
-        if self.index >= len(self.files):
-            raise SourceError(f"end of {self.description}")
-        path = self.files[self.index]
-        self.index += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise SourceError(f"cannot decode image {path}")
-        return image
+        """The next image that decodes; an unreadable one (0 bytes, truncated, not an image) is skipped, reported
+        once through take_problems(), and left out of later loops."""
+        while True:
+            if len(self.unreadable) == len(self.files):
+                raise SourceError(f"no readable image in {self.path} ({len(self.files)} files, none decodes)")
+            if self.index >= len(self.files):
+                raise SourceError(f"end of {self.description}")
+            path = self.files[self.index]
+            self.index += 1
+            if path in self.unreadable:
+                continue
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return image
+            self.unreadable.add(path)
+            size = path.stat().st_size if path.exists() else 0
+            self.problems.append(f"skipped unreadable image {path} ({size} bytes: not a decodable image)")
+
+    def take_problems(self) -> list[str]:
+        problems, self.problems = self.problems, []
+        return problems
 
     def rewind(self) -> bool:
         self.index = 0
@@ -518,6 +537,9 @@ class CaptureThread(threading.Thread):
                     self._fail(str(exc), self.cfg.reconnect_initial_s)
                     return
             t1 = time.perf_counter()
+            for problem in source.take_problems():
+                log.warning("capture: %s", problem)
+                self.on_error(problem)
             self.frame_count += 1
             frame = Frame(self.frame_count, image, time.time(), t0, capture_ms=(t1 - t0) * 1000,
                           depth=source.take_depth())

@@ -76,6 +76,19 @@ class Outbox:
         return len(self.items)
 
 
+class _Client(mqtt.Client):
+    """paho's client, keeping why the last connection attempt failed (paho's on_connect_fail does not say)."""
+
+    last_connect_error = ""
+
+    def reconnect(self):
+        try:
+            return super().reconnect()
+        except OSError as exc:  # refused, unreachable, TLS handshake failed (ssl.SSLError is an OSError)
+            self.last_connect_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
+
+
 class MqttLink:
     """One connection to the broker for the daemon: publishes under <prefix>/<device_id>/, receives commands."""
 
@@ -94,8 +107,12 @@ class MqttLink:
         self.subscriptions: list[str] = [f"{self.base}/cmd/+"]
         client_id = cfg.client_id or f"ripeye-{device_id}"
         # MQTT v5 so command requests can carry a response topic and correlation data
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5, reconnect_on_failure=True)
+        self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                              reconnect_on_failure=True)
+        self.state = "connecting"  # connecting | connected | refused | unreachable | disconnected
+        self.last_error = ""  # why the link is not connected, for health, stats and the log
+        self.failures = 0  # connection attempts that failed since start
+        self.fail_log = RateLimitedLog(log, interval_s=30.0)
         self.client.will_set(self.topic("status"), "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
         # paho's own queue is left unbounded; we bound what we hand it (see _send) so that replies and errors are
@@ -114,6 +131,7 @@ class MqttLink:
                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             self.client.tls_insecure_set(cfg.tls_insecure)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -134,6 +152,7 @@ class MqttLink:
             except (RuntimeError, ValueError):
                 pass
         self.connected.clear()  # a disconnect we asked for is not "lost the broker"
+        self.state = "stopped"
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -216,11 +235,29 @@ class MqttLink:
                 self.client.subscribe(topic, qos=1)
 
     # paho callbacks run on paho's network thread
+    def _failed(self, state: str, why: str) -> None:
+        self.state, self.last_error = state, why
+        self.failures += 1
+        self.fail_log.warning("mqtt: cannot connect to %s:%s: %s (retrying every %g s at most)", self.cfg.host,
+                              self.cfg.port, why, self.cfg.reconnect_max_s)
+
+    def describe(self) -> dict:
+        """The link's state for health, readiness, stats and metrics."""
+        return {"connected": self.connected.is_set(), "state": self.state, "last_error": self.last_error,
+                "broker": f"{self.cfg.host}:{self.cfg.port}", "failures": self.failures}
+
+    def _on_connect_fail(self, client, userdata):
+        why = client.last_connect_error or "connection failed"
+        if (self.cfg.tls or self.cfg.tls_ca_certs) and "SSL" not in why and "refused" not in why:
+            why += " (TLS is on: does this port speak TLS?)"  # a plain listener drops the TLS hello like this
+        self._failed("unreachable", why)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
-            log.warning("mqtt: broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            self._failed("refused", f"the broker refused the connection: {reason_code}")
             return
         self.connects += 1
+        self.state, self.last_error = "connected", ""
         log.info("mqtt: connected to %s:%s", self.cfg.host, self.cfg.port)
         client.publish(self.topic("status"), "online", qos=1, retain=True)
         for topic in self.subscriptions:
@@ -242,6 +279,9 @@ class MqttLink:
         if self.connected.is_set():
             self.disconnects += 1
             log.warning("mqtt: lost the broker (%s); reconnecting in the background", reason_code)
+            self.state, self.last_error = "disconnected", f"lost the broker: {reason_code}"
+        elif self.state not in ("refused", "stopped"):  # dropped before CONNACK: TLS to a plain port, a broker leaving
+            self._failed("unreachable", f"connection closed before the broker answered: {reason_code}")
         self.connected.clear()
         with self._unacked_lock:  # paho re-sends or drops in-flight messages itself on reconnect
             self._unacked.clear()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import base64
 import hmac
+import html
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import cv2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from daemon.config import HttpConfig
+from daemon.config import HttpConfig, is_loopback
 from daemon.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class Metrics:
         self.detections = Counter("ripeye_detections_total", "Detections published", ["class"], registry=r)
         self.targets = Counter("ripeye_targets_total", "Target messages published", ["state"], registry=r)
         self.reconnects = Gauge("ripeye_mqtt_reconnects", "MQTT reconnects since start", registry=r)
+        self.mqtt_connected = Gauge("ripeye_mqtt_connected", "1 while the MQTT link is connected", registry=r)
         self.camera_reconnects = Gauge("ripeye_camera_reconnects", "Camera reopenings since start", registry=r)
 
     def observe(self, latency: dict, detections, targets) -> None:
@@ -100,17 +104,65 @@ def token_offered(authorization: str) -> str:
     return ""
 
 
-def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics):
+class TokenFile:
+    """The access token of http.token_file, read again whenever the file changes (a new token works at once, the
+    old one stops working); a file that stops reading keeps the last good token, and says so."""
+
+    def __init__(self, cfg: HttpConfig):
+        self.cfg = cfg
+        self.value = cfg.token()  # OSError naming the file: the live view does not start
+        self.stamp = self._stamp()
+        self.error_log = RateLimitedLog(log, 60.0)
+
+    def _stamp(self):
+        try:
+            st = Path(self.cfg.token_file).expanduser().stat() if self.cfg.token_file else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
+
+    def current(self) -> Optional[str]:
+        stamp = self._stamp()
+        if stamp is not None and stamp != self.stamp:
+            try:
+                self.value, self.stamp = self.cfg.token(), stamp
+            except OSError as exc:
+                self.error_log.warning("http: %s; keeping the previous token", exc)
+        return self.value
+
+
+def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: HttpConfig):
+    exposed = cfg.token_file is not None or not is_loopback(cfg.host)
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "ripeye"
-        token: Optional[str] = None  # set by WebServer from http.token_file
+        tokens: Optional[TokenFile] = None  # set by WebServer from http.token_file
+        header_timeout_s = cfg.header_timeout_s
+
+        def handle_one_request(self):
+            # a client gets header_timeout_s to send its request line and headers, however it trickles them in (the
+            # socket timeout alone restarts with every byte): then the server's deadline watch shuts the connection
+            self.server.deadlines.watch(self.connection, self.header_timeout_s)
+            try:
+                super().handle_one_request()
+            finally:
+                self.server.deadlines.forget(self.connection)
+
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            self.server.deadlines.forget(self.connection)  # the headers are in: the request may take its time
+            return ok
+
+        def _authenticated(self) -> bool:
+            token = self.tokens.current() if self.tokens else None
+            if token is None:
+                return False
+            offered = token_offered(self.headers.get("Authorization", ""))
+            return hmac.compare_digest(offered.encode(), token.encode())
 
         def _authorized(self, path: str) -> bool:
-            # /healthz stays open: probes (systemd, a monitoring box) need no secret, and it shows only liveness
-            if self.token is None or path == "/healthz":
-                return True
-            offered = token_offered(self.headers.get("Authorization", ""))
-            return hmac.compare_digest(offered.encode(), self.token.encode())
+            # /healthz stays open: probes (systemd, a monitoring box) need no secret (what it shows, see below)
+            return self.tokens is None or path == "/healthz" or self._authenticated()
 
         def log_message(self, fmt, *args):  # route to our logger, quietly
             log.debug("http %s - %s", self.address_string(), fmt % args)
@@ -121,7 +173,11 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics):
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_HEAD(self):  # noqa: N802 (http.server's naming)
+            self.do_GET()
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
@@ -131,18 +187,27 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics):
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", "13")
                 self.end_headers()
-                self.wfile.write(b"unauthorized\n")
+                if self.command != "HEAD":
+                    self.wfile.write(b"unauthorized\n")
                 return
             if path == "/":
-                self._send(200, PAGE.format(device=daemon.cfg.device_id).encode(), "text/html; charset=utf-8")
+                page = PAGE.format(device=html.escape(daemon.cfg.device_id))
+                self._send(200, page.encode(), "text/html; charset=utf-8")
             elif path == "/metrics":
                 daemon.refresh_metrics()
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ready, body = daemon.health()
+                if exposed and not self._authenticated() and not is_loopback(self.client_address[0]):
+                    # open to anyone who can reach it: the state only, not the camera's address, the pause
+                    # reason an operator typed, or errors (send the token to see them)
+                    body = {k: body[k] for k in ("ok", "ready", "watchdog_ok") if k in body}
                 self._send(200 if ready else 503, json.dumps(body).encode(), "application/json")
             elif path == "/stream.mjpg":
-                self._stream()
+                if self.command == "HEAD":
+                    self._send(200, b"", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                else:
+                    self._stream()
             else:
                 self._send(404, b"not found\n", "text/plain")
 
@@ -174,22 +239,70 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics):
     return Handler
 
 
+class HeaderDeadlines:
+    """One thread for all connections: a connection still sending its request line and headers past its deadline
+    is shut (slow-header clients hold a slot, and the socket timeout restarts with every byte they trickle)."""
+
+    def __init__(self):
+        self.deadlines: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.cut = 0
+        threading.Thread(target=self._run, name="http-deadlines", daemon=True).start()
+
+    def watch(self, conn: socket.socket, seconds: float) -> None:
+        with self.lock:
+            self.deadlines[conn] = time.monotonic() + seconds
+
+    def forget(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.deadlines.pop(conn, None)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.25):
+            now = time.monotonic()
+            with self.lock:
+                late = [c for c, t in self.deadlines.items() if t <= now]
+                for c in late:
+                    del self.deadlines[c]
+            for conn in late:
+                self.cut += 1
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_connections` at once: more are answered 503 and closed at accept, so
-    idle or hostile clients cannot pile up threads (each handler also times out; see make_handler's timeout)."""
+    idle or hostile clients cannot pile up threads (each handler also times out; see make_handler). A few more
+    slots are kept for loopback clients only, so a local health check or Prometheus scrape still gets an answer
+    while remote clients hold every ordinary slot."""
 
     daemon_threads = True
     request_queue_size = 64  # a burst of connects waits in the kernel's backlog, not in SYN retries
+    LOOPBACK_RESERVE = 2
 
     def __init__(self, address, handler, max_connections: int):
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.reserve = threading.BoundedSemaphore(self.LOOPBACK_RESERVE)
+        self.held: dict[int, threading.BoundedSemaphore] = {}
         self.refused = 0
         self.refusal_log = RateLimitedLog(log)
         super().__init__(address, handler)
+        self.deadlines = HeaderDeadlines()
+
+    def _take_slot(self, client_address) -> Optional[threading.BoundedSemaphore]:
+        if self.slots.acquire(blocking=False):
+            return self.slots
+        if is_loopback(client_address[0]) and self.reserve.acquire(blocking=False):
+            return self.reserve
+        return None
 
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
+        slot = self._take_slot(client_address)
+        if slot is None:
             self.refused += 1
             self.refusal_log.warning("http: %d connections open (http.max_connections); refused %s",
                                      self.max_connections, client_address[0])
@@ -200,24 +313,26 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        self.held[id(request)] = slot
         try:
             super().process_request(request, client_address)
         except Exception:
-            self.slots.release()
+            self.held.pop(id(request), None)
+            slot.release()
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.held.pop(id(request)).release()
 
 
 class WebServer:
     def __init__(self, daemon: LiveViewSource, cfg: HttpConfig, metrics: Metrics):
         self.live = LiveView(cfg)
-        handler = make_handler(daemon, self.live, metrics)
-        handler.token = cfg.token()
+        handler = make_handler(daemon, self.live, metrics, cfg)
+        handler.tokens = TokenFile(cfg) if cfg.token_file else None
         handler.timeout = cfg.idle_timeout_s  # socket timeout: an idle keep-alive or a stalled client is closed
         self.server = BoundedHTTPServer((cfg.host, cfg.port), handler, cfg.max_connections)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
@@ -229,3 +344,4 @@ class WebServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.server.deadlines.stopped.set()

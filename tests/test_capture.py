@@ -39,8 +39,24 @@ def test_image_folder_reads_in_order_and_reports_bad_files(tmp_path):
     src = ImageFolderSource(tmp_path, fps=0)
     src.open()
     means = [int(src.read().mean()) for _ in range(3)]
-    assert means[0] < means[1] < means[2]
-    with pytest.raises(SourceError, match="3.jpg"):
+    assert means[0] < means[1] < means[2] and src.take_problems() == []
+    with pytest.raises(SourceError, match="end of image folder"):  # 3.jpg is skipped, not a reason to stop
+        src.read()
+    assert len(src.take_problems()) == 1 and src.take_problems() == []  # said once
+    src.rewind()
+    assert int(src.read().mean()) == means[0]
+
+
+def test_a_folder_whose_first_image_is_empty_plays_the_rest_and_one_of_nothing_says_so(tmp_path):
+    (tmp_path / "0.jpg").write_bytes(b"")
+    cv2.imwrite(str(tmp_path / "1.jpg"), np.full((8, 8, 3), 99, np.uint8))
+    src = ImageFolderSource(tmp_path, fps=0)
+    src.open()
+    assert int(src.read().mean()) == 99 and "0.jpg (0 bytes" in src.take_problems()[0]
+    (tmp_path / "1.jpg").write_bytes(b"")
+    src = ImageFolderSource(tmp_path, fps=0)
+    src.open()
+    with pytest.raises(SourceError, match="none decodes"):
         src.read()
 
 
