@@ -1,8 +1,9 @@
 # The one list of what ripeye's tests need from apt; sourced by `install.sh --dev` and `.ci/run`.
 # shellcheck shell=bash
-# mosquitto(-clients): the integration tests' real broker; chromium: the live-view test; openssl: the TLS test;
+# mosquitto(-clients): the integration tests' real broker; chromium + chromium-driver: the live-view browser tests
+# (selenium drives it); openssl: the TLS test;
 # systemd: systemd-analyze for the unit tests; libusb-1.0-0: pyrealsense2's wheel links it.
-TEST_APT_PACKAGES="mosquitto mosquitto-clients chromium openssl systemd libusb-1.0-0"
+TEST_APT_PACKAGES="mosquitto mosquitto-clients chromium chromium-driver openssl systemd libusb-1.0-0"
 # The arm64 test (pytest -m arm64): an emulated Debian bookworm root.
 ARM64_TEST_APT_PACKAGES="qemu-user-static mmdebstrap"
 

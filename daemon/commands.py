@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import cv2
 import yaml
@@ -39,6 +40,8 @@ def resolve_nulls(patch: dict, underneath: dict) -> dict:
 class Commands:
     def __init__(self, daemon: DaemonControl):
         self.daemon = daemon
+        self.lock = threading.Lock()
+        self.via = ""  # who sent the command being run: its MQTT topic, or "live view <address>"
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "pause": self.pause, "resume": self.resume, "snapshot": self.snapshot, "set": self.set,
             "reload": self.reload, "model": self.model, "stats": self.stats,
@@ -52,29 +55,36 @@ class Commands:
         name = topic[len(base):]
         if "/" in name:  # our own .../result messages, or deeper topics
             return
+        self.daemon.link.reply(f"cmd/{name}/result", self.execute(name, payload, topic), properties)
+
+    def execute(self, name: str, payload: bytes, via: str) -> dict:
+        """Run one command from MQTT or the live view (`via` says which) and return its answer; a refusal is also
+        reported on `errors`. Commands run one at a time, whoever sends them."""
         request: dict = {}
-        try:
-            request = parse_request(payload)
-            if name not in self.handlers:
-                raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(self.handlers))}")
-            reply = {"ok": True, **self.handlers[name](request)}
-        except RecursionError:  # a request nested just under the parser's limit, too deep for what handles it
-            reply = {"ok": False, "error": "malformed request: nested too deeply"}
-        except ConfigError as exc:
-            reply = {"ok": False, "error": str(exc), "keys": [k for k, _ in exc.problems]}
-        except CommandError as exc:
-            reply = {"ok": False, "error": str(exc)}
-            rid = request_id(payload) if not request else None
-            if rid is not None:
-                request = {"id": rid}
-        except Exception as exc:  # a bug in one command must not take the daemon down
-            log.exception("command %s failed", name)
-            reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        with self.lock:
+            self.via = via
+            try:
+                request = parse_request(payload)
+                if name not in self.handlers:
+                    raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(self.handlers))}")
+                reply = {"ok": True, **self.handlers[name](request)}
+            except RecursionError:  # a request nested just under the parser's limit, too deep for what handles it
+                reply = {"ok": False, "error": "malformed request: nested too deeply"}
+            except ConfigError as exc:
+                reply = {"ok": False, "error": str(exc), "keys": [k for k, _ in exc.problems]}
+            except CommandError as exc:
+                reply = {"ok": False, "error": str(exc)}
+                rid = request_id(payload) if not request else None
+                if rid is not None:
+                    request = {"id": rid}
+            except Exception as exc:  # a bug in one command must not take the daemon down
+                log.exception("command %s failed", name)
+                reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
         if "id" in request:
             reply["id"] = request["id"]
         if not reply["ok"]:
-            self.daemon.report_error("command", f"{topic}: {reply['error']}", control=True)
-        self.daemon.link.reply(f"cmd/{name}/result", reply, properties)
+            self.daemon.report_error("command", f"{via}: {reply['error']}", control=True)
+        return reply
 
     # ---- commands -----------------------------------------------------------------------------------------------
     def pause(self, req: dict) -> dict:
@@ -82,6 +92,8 @@ class Commands:
         if not isinstance(reason, str):
             raise CommandError('"reason" must be a string (who paused and why, shown in stats and /healthz)')
         by = {"command": "cmd/pause", "at": round(time.time(), 3)}
+        if not self.via.endswith("cmd/pause"):
+            by["via"] = self.via  # the live view's button, with the operator's address
         if reason:
             by["reason"] = reason[:200]
         if "id" in req:
@@ -141,20 +153,25 @@ class Commands:
         return {"model": name, "backend": det.backend if det else None}
 
     def snapshot(self, req: dict) -> dict:
-        latest = self.daemon.latest
-        if latest is None:
-            raise CommandError("no frame captured yet")
         quality = req.get("quality", 85)
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
             raise CommandError(f'"quality" must be an integer from 1 to 100, not {json.dumps(quality)[:40]}')
-        annotated = flag(req, "annotate")
-        frame, detections, track_ids = latest
-        image = frame.image
-        if annotated:
-            image = annotate(image.copy(), detections, track_ids)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise CommandError("JPEG encoding failed")
-        self.daemon.link.publish("snapshot", jpeg.tobytes(), qos=1, control=True)
-        return {"frame_id": frame.frame_id, "bytes": int(jpeg.size), "topic": self.daemon.link.topic("snapshot"),
+        frame, jpeg = snapshot_jpeg(self.daemon.latest, flag(req, "annotate"), quality)
+        self.daemon.link.publish("snapshot", jpeg, qos=1, control=True)
+        return {"frame_id": frame.frame_id, "bytes": len(jpeg), "topic": self.daemon.link.topic("snapshot"),
                 "captured_at": round(frame.captured_at, 3)}
+
+
+def snapshot_jpeg(latest: Optional[tuple], annotated: bool, quality: int = 85) -> tuple:
+    """(frame, JPEG bytes) of the latest published frame, boxes drawn on request: for cmd/snapshot and the live
+    view's download alike."""
+    if latest is None:
+        raise CommandError("no frame captured yet")
+    frame, detections, track_ids = latest
+    image = frame.image
+    if annotated:
+        image = annotate(image.copy(), detections, track_ids)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CommandError("JPEG encoding failed")
+    return frame, jpeg.tobytes()

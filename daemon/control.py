@@ -86,10 +86,21 @@ class DaemonControl(Protocol):
 
 
 class LiveViewSource(Protocol):
-    """The daemon as the HTTP live view sees it (daemon/web.py)."""
+    """The daemon as the HTTP live view sees it (daemon/web.py, daemon/liveview.py): health and metrics, what the
+    side panel shows, and the commands its buttons run (the same as on MQTT)."""
 
     cfg: Config
     stop_event: threading.Event
+    paused: threading.Event
+    paused_by: Optional[dict]
+    detector: Any
+    capture: Any
+    link: Any
+    harvest: Any
+    stages: Any
+    recent_errors: Any  # the last few errors reported, newest last
+    latest: Optional[tuple]
+    commands: Any  # daemon.commands.Commands: execute(name, payload, via) -> answer
 
     def health(self) -> tuple[bool, dict]: ...
 

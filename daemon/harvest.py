@@ -62,6 +62,8 @@ class Track:
     claimed_by: Optional[str] = None  # the arm_id holding the claim
     last_announced: float = float("-inf")
     raw: Optional[int] = None  # the tracker's id now linked to this track; None while it waits to be re-linked
+    failed_at: float = float("-inf")  # when an arm last reported it failed (shown on the operator's panel)
+    failed_by: Optional[str] = None
 
     @property
     def center(self) -> tuple[float, float]:
@@ -391,6 +393,7 @@ class Harvest:
             return {"ok": False, "error": f"arm {arm_id} does not hold a claim on track {track_id} ({holder}): "
                                           "only the arm holding the claim may report it failed"}
         self._release(t)
+        t.failed_at, t.failed_by = now, arm_id
         if t.raw is not None:
             t.state = "tracking"  # seen: it qualifies again on the next frame
         return {"ok": True, "state": "available-again"}
@@ -403,6 +406,25 @@ class Harvest:
                 self._release(self.tracks[tid])
             self.released += len(released)
         return released
+
+    FAILED_SHOWN_S = 5.0
+
+    def board(self, now: Optional[float] = None) -> dict[int, dict]:
+        """The targets as the operator's panel and overlay show them: available, claimed (by which arm), picked, and
+        failed in the last few seconds."""
+        now = time.time() if now is None else now
+        rows = {}
+        with self.lock:
+            for t in self.tracks.values():
+                state, arm = t.state, t.claimed_by
+                if state == "picked":
+                    arm = self.picked_by.get(t.track_id)
+                elif state in ("tracking", "available") and now - t.failed_at <= self.FAILED_SHOWN_S:
+                    state, arm = "failed", t.failed_by
+                if state in ("available", "claimed", "picked", "failed"):
+                    rows[t.track_id] = {"state": state, "arm": arm, "age_s": round(now - t.first_seen, 1),
+                                        "cls": t.class_name, "conf": round(t.confidence, 2)}
+        return rows
 
     def counts(self) -> dict:
         with self.lock:

@@ -157,15 +157,25 @@ class MetricsSink:
 
 
 class LiveViewSink:
-    """A frame for the browser's live view, only when someone watches and at its own frame rate."""
+    """A frame for the browser's live view, only when someone watches and at its own frame rate; the targets for
+    its panel, only while someone looks at it."""
 
-    def __init__(self, web: Callable[[], Any], stages):
-        self.web, self.stages = web, stages
+    def __init__(self, web: Callable[[], Any], stages, harvest: Callable[[], Any]):
+        self.web, self.stages, self.harvest = web, stages, harvest
 
     def __call__(self, out: FrameOutput, cfg: Config) -> None:
         web = self.web()
-        if web and web.live.wants_frame():
-            web.live.offer(out.result.frame.image, out.detections, out.track_ids, self.stages.fps())
+        if not web:
+            return
+        if out.targets and web.board.watched():
+            web.board.record(out.targets)
+        if web.live.wants_frame():
+            harvest = self.harvest()
+            states = {tid: (row["state"], row["arm"]) for tid, row in harvest.board().items()} if harvest else {}
+            xyz = [d.get("xyz_mm") for d in out.payload["detections"]] if out.payload else None
+            distances = [p[2] if p else None for p in xyz] if xyz and any(xyz) else None
+            web.live.offer(out.result.frame.image, out.detections, out.track_ids, self.stages.fps(), states,
+                           distances)
 
 
 def run_chain(steps: list, result, cfg: Config) -> FrameOutput:

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +64,7 @@ class Daemon:
         self._take_lock = threading.Lock()
         self.stages = StageTimes()
         self.errors_total = 0
+        self.recent_errors: deque = deque(maxlen=5)  # for the live view's panel
         self.started_at = time.time()
         self.first_publish_at: Optional[float] = None
         self.last_frame_done = time.monotonic()
@@ -274,7 +276,8 @@ class Daemon:
         what is published → 3D positions → compose the message → sinks (MQTT, timings and metrics, live view)."""
         return [output.Decode(lambda: self.harvest), output.Track(lambda: self.harvest), output.Select(),
                 output.Locate(lambda: self.locate), output.Compose(), output.MqttSink(lambda: self.link),
-                output.MetricsSink(self.stages, self.metrics), output.LiveViewSink(lambda: self.web, self.stages)]
+                output.MetricsSink(self.stages, self.metrics),
+                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest)]
 
     def _publish_result(self, r: Result) -> None:
         out = output.run_chain(self.chain, r, self.cfg)
@@ -296,6 +299,7 @@ class Daemon:
     def report_error(self, source: str, message: str, key: Optional[str] = None, control: bool = False) -> None:
         """Log and publish on `errors`; control=True for errors answering a command (the command budget)."""
         self.errors_total += 1
+        self.recent_errors.append({"source": source, "message": message[:300], "at": round(time.time(), 3)})
         log.error("%s: %s", source, message)
         if self.link:
             body = {"source": source, "message": message, "at": round(time.time(), 3)}
@@ -375,7 +379,8 @@ class Daemon:
             by = self.paused_by or {}
             why = f" ({by['reason']})" if by.get("reason") else ""
             at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(by["at"])) if by.get("at") else "?"
-            return False, f"paused by {by.get('command', 'a command')} at {at}{why}"
+            via = f" from the {by['via']}" if by.get("via") else ""
+            return False, f"paused by {by.get('command', 'a command')}{via} at {at}{why}"
         capture = self.capture
         if capture is None or capture.state != "running":
             state = capture.state if capture else "none"

@@ -160,12 +160,8 @@ COLOURS = {"ripe": (40, 40, 230), "half_ripe": (30, 160, 240), "unripe": (60, 19
 
 
 def annotate(image, detections, track_ids=None):
-    """Boxes, class, confidence and track id drawn on a BGR image."""
-    for i, d in enumerate(detections):
-        x1, y1, x2, y2 = (int(round(v)) for v in d.box)
-        colour = COLOURS.get(d.class_name, (255, 255, 255))
-        cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        tid = track_ids[i] if track_ids and track_ids[i] is not None else None
-        label = f"{'#' + str(tid) + ' ' if tid is not None else ''}{d.class_name} {d.confidence:.2f}"
-        cv2.putText(image, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    return image
+    """Boxes, class, confidence and track id drawn on a BGR image, each label on a filled background that reads on
+    any fruit (daemon/liveview.py draws it)."""
+    from daemon.liveview import draw_overlay
+
+    return draw_overlay(image, detections, track_ids)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from daemon.config import HttpConfig, is_loopback
+from daemon.liveview import PAGE, TargetBoard, draw_overlay, panel_state
 from daemon.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -26,13 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>ripeye · {device}</title>
-<style>body{{background:#111;color:#ddd;font:14px sans-serif;margin:16px}} img{{max-width:100%;border:1px solid #333}}
-</style></head><body><h3>ripeye · {device}</h3><img id="live" src="/stream.mjpg" alt="live view">
-<p><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a></p></body></html>
-"""
 BOUNDARY = "ripeyeframe"
+PANEL_POLL_MS = 2000  # the side panel's refresh: ~0.5-1 KB per poll, so a few hundred bytes a second
 
 
 class Metrics:
@@ -77,12 +73,10 @@ class LiveView:
     def wants_frame(self) -> bool:
         return self.watchers > 0 and time.monotonic() - self.last_encoded >= 1.0 / self.cfg.stream_fps
 
-    def offer(self, image, detections, track_ids, fps: float) -> None:
-        from daemon.vision import annotate
-
+    def offer(self, image, detections, track_ids, fps: float, states: Optional[dict] = None,
+              distances_mm: Optional[list] = None) -> None:
         self.last_encoded = time.monotonic()
-        img = annotate(image.copy(), detections, track_ids)
-        cv2.putText(img, f"{fps:.1f} fps", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        img = draw_overlay(image.copy(), detections, track_ids, states, distances_mm, fps)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if ok:
             with self.cond:
@@ -131,7 +125,7 @@ class TokenFile:
         return self.value
 
 
-def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: HttpConfig):
+def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: HttpConfig, board: TargetBoard):
     exposed = cfg.token_file is not None or not is_loopback(cfg.host)
 
     class Handler(BaseHTTPRequestHandler):
@@ -191,8 +185,21 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: 
                     self.wfile.write(b"unauthorized\n")
                 return
             if path == "/":
-                page = PAGE.format(device=html.escape(daemon.cfg.device_id))
+                page = PAGE.format(device=html.escape(daemon.cfg.device_id), poll_ms=PANEL_POLL_MS)
                 self._send(200, page.encode(), "text/html; charset=utf-8")
+            elif path == "/api/state":
+                body = json.dumps(panel_state(daemon, board), separators=(",", ":")).encode()
+                self._send(200, body, "application/json")
+            elif path == "/snapshot.jpg":
+                from daemon.commands import snapshot_jpeg
+                from daemon.control import CommandError
+
+                try:
+                    _, jpeg = snapshot_jpeg(daemon.latest, annotated=True)
+                except CommandError as exc:
+                    self._send(503, f"{exc}\n".encode(), "text/plain")
+                else:
+                    self._send(200, jpeg, "image/jpeg")
             elif path == "/metrics":
                 daemon.refresh_metrics()
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
@@ -210,6 +217,29 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: 
                     self._stream()
             else:
                 self._send(404, b"not found\n", "text/plain")
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            """A command from the page: the same code and answer as on MQTT (Commands.execute), behind the token
+            and safe from cross-site requests: JSON only, with a custom header (a form or a plain cross-site fetch
+            can send neither without a CORS preflight, which is never granted), and a matching Origin if sent."""
+            path = self.path.split("?", 1)[0]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(min(length, 65536)) if length else b""
+            if not self._authorized(path):
+                self._send(401, b'{"ok":false,"error":"unauthorized"}', "application/json")
+                return
+            origin = self.headers.get("Origin")
+            if (not self.headers.get("Content-Type", "").startswith("application/json")
+                    or self.headers.get("X-Ripeye-Request") != "1"
+                    or (origin and origin.split("://", 1)[-1] != self.headers.get("Host"))):
+                self._send(403, b'{"ok":false,"error":"refused: a command must be a same-origin JSON request with '
+                                b'X-Ripeye-Request: 1"}', "application/json")
+                return
+            if not path.startswith("/api/cmd/") or length > 65536:
+                self._send(404, b'{"ok":false,"error":"not found"}', "application/json")
+                return
+            reply = daemon.commands.execute(path[len("/api/cmd/"):], body, f"live view {self.client_address[0]}")
+            self._send(200 if reply["ok"] else 400, json.dumps(reply).encode(), "application/json")
 
         def _stream(self) -> None:
             self.send_response(200)
@@ -331,7 +361,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 class WebServer:
     def __init__(self, daemon: LiveViewSource, cfg: HttpConfig, metrics: Metrics):
         self.live = LiveView(cfg)
-        handler = make_handler(daemon, self.live, metrics, cfg)
+        self.board = TargetBoard()
+        handler = make_handler(daemon, self.live, metrics, cfg, self.board)
         handler.tokens = TokenFile(cfg) if cfg.token_file else None
         handler.timeout = cfg.idle_timeout_s  # socket timeout: an idle keep-alive or a stalled client is closed
         self.server = BoundedHTTPServer((cfg.host, cfg.port), handler, cfg.max_connections)

@@ -175,7 +175,7 @@ def test_dev_installs_the_one_apt_list_that_ci_uses(fake_board):
     r, calls, _ = fake_board("intel-pc", "x86_64", "--dev", RIPEYE_DEV_VENV=str(fake_board.root / "venv"))
     assert r.returncode == 0, r.stdout + r.stderr
     apt = next(c for c in calls.splitlines() if c.startswith("apt-get") and " install " in c)
-    for pkg in ("mosquitto", "mosquitto-clients", "chromium", "openssl", "systemd", "libusb-1.0-0"):
+    for pkg in ("mosquitto", "mosquitto-clients", "chromium", "chromium-driver", "openssl", "systemd", "libusb-1.0-0"):
         assert f" {pkg}" in apt, pkg
     ci = (REPO / ".ci" / "run").read_text()
     assert "./install.sh --dev" in ci and "apt-get" not in ci  # CI has no list of its own
