@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from local_broker import start_broker  # noqa: E402
 
 PREFIX, DEVICE = "arms", "cam"
+SHARED_RESULTS = ("arm/claim/result", "arm/picked/result", "arm/failed/result")
 
 
 def _collector(port: int):
@@ -127,6 +129,8 @@ def analyse(got, ids, victim, killed_at, held, started, seconds, claim_timeout_s
         "grants": len(grants), "grants_while_another_arm_held_it": overlapping,
         "claims_refused": sum(1 for _, s, b in got if s == "arm/claim/result" and b.get("granted") is False),
         "failed_reports_refused": sum(1 for _, s, b in got if s == "arm/failed/result" and not b.get("ok")),
+        "refusal_reasons": dict(Counter(re.sub(r"\d+", "N", b["error"].split(";")[0].split(":")[0])[:80]
+                                        for _, s, b in got if s in SHARED_RESULTS and not b.get("ok"))),
         "killed_arm": victim if killed_at else None,
         "killed_at_s": round(killed_at - started, 1) if killed_at else None, "killed_holding_track": held,
         "killed_arm_claim_released_after_s": released_after_s, "claim_timeout_s": claim_timeout_s,

@@ -387,7 +387,8 @@ class Harvest:
                              "refused and the target is not offered again"}
         t = self.tracks.get(track_id)
         if t is None:
-            return {"ok": False, "error": f"track {track_id} is unknown"}
+            why = "has ended (withdrawn: out of view, or the view changed)" if track_id in self.ended else "is unknown"
+            return {"ok": False, "error": f"track {track_id} {why}; there is nothing to offer again"}
         if t.state != "claimed" or t.claimed_by != arm_id:
             holder = f"claimed by arm {t.claimed_by}" if t.state == "claimed" else f"not claimed ({t.state})"
             return {"ok": False, "error": f"arm {arm_id} does not hold a claim on track {track_id} ({holder}): "
