@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train and export the model (needs the `train` extra)")
     train.add_arguments(tr)
     tr.set_defaults(func=cmd_train)
+
+    from daemon import bundle
+
+    bundle.add_arguments(sub.add_parser("model", help="model bundles: pack, verify (hashes, signature), keygen"))
     return p
 
 
