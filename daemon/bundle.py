@@ -671,30 +671,67 @@ def _content_difference(root: Path, expected: dict[str, dict], skip: Iterable[st
 
 
 def _write_file(root: Path, rel: str, chunks: Iterable[bytes]) -> None:
-    """Write one file of the bundle under root (never outside it, never through a link), fsynced."""
+    """Write one file of the bundle under root (never outside it, never through a link), fsynced. A failed write
+    (a full disk, a file-size limit) is a BundleError naming the file; errors reading `chunks` pass through."""
     target = Path(os.path.abspath(root / rel))
     if os.path.commonpath([str(root), str(target)]) != str(root):
         raise BundleError(f"{rel}: outside the destination; refused")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "wb") as f:
+
+    def failed(exc: OSError) -> BundleError:
+        return BundleError(f"{rel}: cannot write {target} ({exc.strerror or exc})")
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise failed(exc) from exc
+    with open(fd, "wb", buffering=0, closefd=True) as f:
         for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[f.write(view):]
+            except OSError as exc:
+                raise failed(exc) from exc
+        try:
+            os.fsync(f.fileno())
+        except OSError as exc:
+            raise failed(exc) from exc
+
+
+PARTIAL = ".partial-"
 
 
 def partial_prefix(dest: Path) -> str:
     """The name prefix of dest's temporary siblings while it is unpacked."""
-    return f".{dest.name}.partial-"
+    return f".{dest.name}{PARTIAL}"
 
 
 def _clean_leftovers(dest: Path) -> None:
-    for p in dest.parent.glob(partial_prefix(dest) + "*"):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    """Remove the partial siblings killed unpacks left in dest's parent: dest's own (its lock is held by the caller)
+    and any other's whose lock nobody holds."""
+    import fcntl
+
+    for p in dest.parent.glob(f".*{PARTIAL}*"):
+        name = p.name[1:p.name.rindex(PARTIAL)]
+        fd = None
+        try:
+            if name != dest.name:
+                try:
+                    fd = os.open(dest.parent / f".{name}.lock", os.O_RDONLY)
+                except OSError:
+                    pass  # no lock file: no unpack of ours made it
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held (OSError): that unpack is alive
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def unpack_bundle(path: Union[str, os.PathLike], dest_dir: Union[str, os.PathLike],

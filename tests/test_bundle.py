@@ -348,9 +348,51 @@ def test_sigkill_during_unpack_leaves_no_folder_and_the_next_unpack_succeeds(tmp
             proc.kill()
             proc.wait()
     assert not dest.exists()
+    if stop == "before-rename":  # an unpack of another version cleans it up too (its lock died with the process)
+        unpack_bundle(small_tar, dest.parent / "v2")
+        assert sorted(p.name for p in dest.parent.iterdir()) == [".v1.lock", ".v2.lock", "v2"]
     assert unpack_bundle(small_tar, dest) == dest  # the lock died with the process; its leftovers are cleaned
     assert tree(dest) == tree(small)
-    assert sorted(p.name for p in dest.parent.iterdir()) == [".v1.lock", "v1"]
+    assert sorted(p.name for p in dest.parent.iterdir() if "v2" not in p.name) == [".v1.lock", "v1"]
+
+
+def test_a_live_unpack_of_another_version_is_left_alone(tmp_path, small_tar):
+    import fcntl
+
+    (tmp_path / ".v3.partial-123-abcd").mkdir()
+    fd = os.open(tmp_path / ".v3.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as an unpack in progress holds it
+        unpack_bundle(small_tar, tmp_path / "v1")
+        assert (tmp_path / ".v3.partial-123-abcd").is_dir()
+    finally:
+        os.close(fd)
+    unpack_bundle(small_tar, tmp_path / "v1")
+    assert not (tmp_path / ".v3.partial-123-abcd").exists()
+
+
+FILE_SIZE_LIMIT = r"""
+import resource, signal, sys
+from daemon import bundle
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    bundle.unpack_bundle(sys.argv[1], sys.argv[2])
+except bundle.BundleError as exc:
+    print(exc)
+"""
+
+
+def test_a_failed_write_is_one_clear_error_and_leaves_nothing(tmp_path, small_tar):
+    """A file-size limit stands in for a full disk: the write fails part-way through a large artifact."""
+    dest = tmp_path / "models" / "v1"
+    proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(small_tar), str(dest)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot write" in proc.stdout and "File too large" in proc.stdout, proc.stdout
+    name = proc.stdout.split(":")[0]
+    assert name in verify_bundle(small_tar).files and verify_bundle(small_tar).files[name]["size"] > 1 << 20
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".v1.lock"]
 
 
 # ---------------------------------------------------------------------------------------------- pack refusals
