@@ -43,8 +43,15 @@ returns a ``BundleInfo``. ``unpack_bundle(path, dest, trusted_keys)`` verifies, 
 ``.<dest name>.partial-<pid>-<random>``, re-reads and hashes every file written, fsyncs files and folders and renames
 the sibling to ``dest`` in one step: after a SIGKILL at any point there is either no ``dest`` or the complete one.
 bundle.json and bundle.sig are kept in ``dest`` (provenance). Unpacks of one ``dest`` are serialised by an flock on
-``.<dest name>.lock`` beside it; whoever holds it removes the partial siblings a killed unpack left behind. An
-existing ``dest`` with the same files is returned as it is; one with other content is refused.
+``.<dest name>.lock`` beside it (the empty lock file stays); each unpack removes the partial siblings that killed
+unpacks left behind (its own dest's, and any other's whose lock is free). An existing ``dest`` with the same model
+files is returned as it is; one with other content is refused. A failed write (full disk) is one BundleError naming
+the file, and leaves no partial folder.
+
+What pack checks: the folder and each sizes/<N>/ variant must load with ``daemon.model.load_bundle`` without
+problems (readable metadata.json and manifest.json), every file a manifest artifact lists must exist, and the files
+whose SHA-256 is recorded (metadata.json ``sources``, manifest.json ``source_onnx`` and each artifact's first file)
+must match it; the variants' class_names must be the folder's. Links and special files in the folder are refused.
 """
 
 from __future__ import annotations
@@ -842,7 +849,7 @@ def cmd_keygen(args) -> int:
     except (BundleError, OSError) as exc:
         return _fail("keygen", exc, 2)
     print(f"private key: {private} (mode 0600; keep it off the devices)\npublic key:  {public} ({fp})\n"
-          f"trust it on a device: model.trusted_keys: [\"{public.read_text().strip()}\"]")
+          f"trusted key (for --trusted-key, and a device's list of trusted keys): {public.read_text().strip()}")
     return 0
 
 
