@@ -45,6 +45,8 @@ class Commands:
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "pause": self.pause, "resume": self.resume, "snapshot": self.snapshot, "set": self.set,
             "reload": self.reload, "model": self.model, "stats": self.stats,
+            "model/install": lambda req: self.daemon.lifecycle.cmd_install(req),
+            "model/rollback": lambda req: self.daemon.lifecycle.cmd_rollback(req),
         }
 
     def handle(self, topic: str, payload: bytes, properties=None) -> None:
@@ -53,7 +55,7 @@ class Commands:
         if not topic.startswith(base):
             return
         name = topic[len(base):]
-        if "/" in name:  # our own .../result messages, or deeper topics
+        if name.endswith("/result") or name.count("/") > 1:  # our own answers, or deeper topics
             return
         self.daemon.link.reply(f"cmd/{name}/result", self.execute(name, payload, topic), properties)
 

@@ -44,6 +44,17 @@ class ModelConfig(Strict):
                                          description="named model paths the `model` MQTT command may switch to")
     allow_rejected: bool = Field(False, description="load an artifact the accuracy gate rejected when model.path "
                                                     "names it directly (logged loudly)")
+    # installed bundles (cmd/model/install, daemon/lifecycle.py)
+    trusted_keys: list[str] = Field(default_factory=list, description="Ed25519 public keys (base64 or files); when "
+                                    "set, only bundles signed by one of them are installed")
+    keep: int = Field(3, ge=1, description="installed model versions kept in state_dir/models")
+    max_bundle_mb: int = Field(1024, ge=1, description="largest bundle a device downloads")
+    max_latency_ms: float = Field(0, ge=0, description="a candidate slower than this per frame in its shadow run is "
+                                                       "refused; 0 = no budget")
+    probation_s: float = Field(600, ge=0, description="after a switch, roll back by itself on errors or a collapse "
+                                                      "of ripe detections for this long")
+    min_ripe_fraction: float = Field(0.5, ge=0, le=1, description="on probation, ripe detections per minute below "
+                                                                  "this fraction of the previous model's roll back")
 
 
 class RuntimeConfig(Strict):

@@ -77,8 +77,9 @@ class DaemonControl(Protocol):
     detector: Any  # the loaded Detector, or None
     latest: Optional[tuple]  # (frame, detections, track_ids) last published, for snapshots
     link: Any  # the MqttLink, or None with MQTT off
+    lifecycle: Any  # daemon.lifecycle.ModelLifecycle: cmd/model/install and cmd/model/rollback
 
-    def apply_config(self, new: Config) -> None: ...
+    def apply_config(self, new: Config, file: str = "config") -> None: ...
 
     def publish_stats(self) -> None: ...
 

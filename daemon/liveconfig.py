@@ -166,8 +166,9 @@ class LiveConfig:
 
     def _apply_model(self, old: Config, new: Config) -> None:
         d = self.daemon
-        if (new.model, new.runtime.backend, new.runtime.threads, new.runtime.device) == (
-                old.model, old.runtime.backend, old.runtime.threads, old.runtime.device):
+        loads = ("path", "precision", "imgsz", "allow_rejected")  # what the detector is built from
+        if ([getattr(new.model, k) for k in loads], new.runtime.backend, new.runtime.threads, new.runtime.device) == (
+                [getattr(old.model, k) for k in loads], old.runtime.backend, old.runtime.threads, old.runtime.device):
             return
         if d._load_detector(new) or d.detector is None:
             return

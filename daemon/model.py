@@ -215,7 +215,9 @@ def load_bundle(path: str | Path, allow_rejected: bool = False) -> ModelBundle:
     names = metadata.get("class_names") or []
     size = tuple(metadata.get("input_size") or (640, 640))
     source = root / "model.onnx"
-    version = (metadata.get("sources") or {}).get("model.onnx", "")[:12] or (
+    installed = read_side_file(root / "bundle.json", problems) if (root / "bundle.json").is_file() else {}
+    version = (installed.get("version") if isinstance(installed.get("version"), str) else "") or (
+        metadata.get("sources") or {}).get("model.onnx", "")[:12] or (
         file_hash(source) if source.is_file() else file_hash(artifacts[0].path) if artifacts[0].path.is_file() else "")
     return ModelBundle(root=root, name=metadata.get("name", root.name if path.is_dir() else path.stem),
                        class_names=list(names), input_size=(int(size[0]), int(size[1])), version=version,

@@ -21,6 +21,7 @@ from daemon.depth import Locate
 from daemon.detector import Detector, NoUsableBackend, load_detector
 from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
+from daemon.lifecycle import ModelLifecycle
 from daemon.liveconfig import LiveConfig
 from daemon.model import SizeNotFound
 from daemon.mqtt import MqttLink
@@ -86,6 +87,7 @@ class Daemon:
         self.harvest = None  # built in the background at start: importing supervision takes seconds on a Pi
         self.state_problems: list[str] = []  # own state files found bad and set aside before start
         self.locate = Locate(cfg.calibration.camera_to_arm_matrix())  # 3D positions (issue 11)
+        self.lifecycle = ModelLifecycle(self)  # installed models: shadow, switch, probation, rollback
         self.chain = self._output_chain()
 
     # ---- wiring -------------------------------------------------------------------------------------------------
@@ -104,6 +106,7 @@ class Daemon:
         if self.cfg.http.enabled:
             self._start_web()
         self._spawn(self._housekeeping_loop, "housekeeping")
+        self.lifecycle.start()
 
     def _report_state_problems(self) -> None:
         """State files (persisted overrides, the tune cache) that did not read are set aside; say so on `errors`."""
@@ -115,7 +118,8 @@ class Daemon:
 
     def _make_link(self, cfg: Config) -> MqttLink:
         link = MqttLink(cfg.mqtt, cfg.device_id, on_message=self._on_message, on_connected=self._on_connected)
-        link.subscriptions += [link.topic("arm/+"), link.topic("arm/+/+")]  # arm/<action>, arm/<arm_id>/<action|status>
+        # cmd/model/install|rollback; arm/<action>, arm/<arm_id>/<action|status>
+        link.subscriptions += [link.topic("cmd/model/+"), link.topic("arm/+"), link.topic("arm/+/+")]
         return link
 
     def _make_harvest(self, cfg: Config):
@@ -208,6 +212,7 @@ class Daemon:
         if old is not None:
             old.close()
         log.info("detector: %s", detector.describe())
+        self.lifecycle.publish()
         return True
 
     def stop(self) -> None:
@@ -238,6 +243,7 @@ class Daemon:
                 result = self._infer(frame)
             except Exception as exc:  # a runtime failing mid-run must not kill the thread
                 failed = True
+                self.lifecycle.inference_failures += 1
                 backend = self.detector.backend if self.detector else "?"
                 self.report_error("model", f"inference failed on {backend}: {exc}")
             finally:
@@ -277,7 +283,7 @@ class Daemon:
         return [output.Decode(lambda: self.harvest), output.Track(lambda: self.harvest), output.Select(),
                 output.Locate(lambda: self.locate), output.Compose(), output.MqttSink(lambda: self.link),
                 output.MetricsSink(self.stages, self.metrics),
-                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest)]
+                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest), self.lifecycle.observe]
 
     def _publish_result(self, r: Result) -> None:
         out = output.run_chain(self.chain, r, self.cfg)
@@ -346,6 +352,7 @@ class Daemon:
 
     def _on_connected(self) -> None:
         self.link.publish("config", self.cfg.redacted(), qos=1, retain=True, droppable=False)
+        self.lifecycle.publish()
 
     def healthy(self) -> bool:
         """Frames flow, or the pipeline waits in a state it handles itself (paused, camera backoff, no model).
