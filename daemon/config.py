@@ -268,6 +268,8 @@ class LogConfig(Strict):
 
 class Config(Strict):
     device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "ripeye")
+    groups: list[str] = Field(default_factory=list, description="fleet groups this device belongs to (e.g. a house "
+                              "or a canary set), for `ripeye fleet rollout --canary GROUP`")
     state_dir: str = "~/.local/state/ripeye"
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
