@@ -102,6 +102,9 @@ class LiveViewSource(Protocol):
     recent_errors: Any  # the last few errors reported, newest last
     latest: Optional[tuple]
     commands: Any  # daemon.commands.Commands: execute(name, payload, via) -> answer
+    lifecycle: Any  # daemon.lifecycle.ModelLifecycle: upload(stream, length, activate, via) for bundle uploads
+
+    def report_error(self, source: str, message: str, key: Optional[str] = None, control: bool = False) -> None: ...
 
     def health(self) -> tuple[bool, dict]: ...
 

@@ -179,6 +179,37 @@ class ModelLifecycle:
         return {"active": self.describe()["active"]}
 
     # ---- install --------------------------------------------------------------------------------------------------
+    def upload(self, stream, length: int, activate: bool, via: str) -> dict:
+        """A bundle sent to the live view (POST /api/model/upload): stored, then installed like a download."""
+        if not self.busy.acquire(blocking=False):
+            raise CommandError("another model install or rollback is running; try again when it is done")
+        try:
+            cap = min(self.d.cfg.model.max_bundle_mb << 20, shutil.disk_usage(self.root.parent).free - (64 << 20)
+                      if self.root.parent.exists() else self.d.cfg.model.max_bundle_mb << 20)
+            if length > cap:
+                raise CommandError(f"{length} bytes is over model.max_bundle_mb or the free disk space ({cap} bytes)")
+            downloads = self.root / "downloads"
+            downloads.mkdir(parents=True, exist_ok=True)
+            part = downloads / f"upload-{time.monotonic_ns()}.part"
+            h, left = hashlib.sha256(), length
+            with open(part, "wb") as f:
+                while left > 0:
+                    chunk = stream.read(min(CHUNK, left))
+                    if not chunk:
+                        part.unlink(missing_ok=True)
+                        raise CommandError(f"upload ended after {length - left} of {length} bytes")
+                    h.update(chunk)
+                    f.write(chunk)
+                    left -= len(chunk)
+            sha = h.hexdigest()
+            part.rename(downloads / f"{sha}.bundle")
+        except BaseException:
+            self.busy.release()
+            raise
+        threading.Thread(target=self._install_job, args=(via, sha, activate), name="model-install",
+                         daemon=True).start()
+        return {"accepted": True, "sha256": sha, "bytes": length, "activate": activate}
+
     def _install_job(self, url: str, sha: str, activate: bool) -> None:
         try:
             self._event("installing", url=url, sha256=sha)

@@ -222,23 +222,41 @@ def make_handler(daemon: LiveViewSource, live: LiveView, metrics: Metrics, cfg: 
             """A command from the page: the same code and answer as on MQTT (Commands.execute), behind the token
             and safe from cross-site requests: JSON only, with a custom header (a form or a plain cross-site fetch
             can send neither without a CORS preflight, which is never granted), and a matching Origin if sent."""
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, 65536)) if length else b""
+            upload = path == "/api/model/upload"
+            body = self.rfile.read(min(length, 65536)) if length and not upload else b""
             if not self._authorized(path):
                 self._send(401, b'{"ok":false,"error":"unauthorized"}', "application/json")
                 return
             origin = self.headers.get("Origin")
-            if (not self.headers.get("Content-Type", "").startswith("application/json")
+            wanted = "application/octet-stream" if upload else "application/json"
+            if (not self.headers.get("Content-Type", "").startswith(wanted)
                     or self.headers.get("X-Ripeye-Request") != "1"
                     or (origin and origin.split("://", 1)[-1] != self.headers.get("Host"))):
-                self._send(403, b'{"ok":false,"error":"refused: a command must be a same-origin JSON request with '
-                                b'X-Ripeye-Request: 1"}', "application/json")
+                self._send(403, b'{"ok":false,"error":"refused: a command must be a same-origin JSON request (a '
+                                b'bundle upload application/octet-stream) with X-Ripeye-Request: 1"}',
+                           "application/json")
+                return
+            if upload:  # a model bundle: the same install as cmd/model/install, from the request body
+                self._upload(length, "activate=false" not in query)
                 return
             if not path.startswith("/api/cmd/") or length > 65536:
                 self._send(404, b'{"ok":false,"error":"not found"}', "application/json")
                 return
             reply = daemon.commands.execute(path[len("/api/cmd/"):], body, f"live view {self.client_address[0]}")
+            self._send(200 if reply["ok"] else 400, json.dumps(reply).encode(), "application/json")
+
+        def _upload(self, length: int, activate: bool) -> None:
+            from daemon.control import CommandError
+
+            try:
+                reply = {"ok": True, **daemon.lifecycle.upload(self.rfile, length, activate,
+                                                                f"upload from {self.client_address[0]}")}
+            except CommandError as exc:
+                reply = {"ok": False, "error": str(exc)}
+                daemon.report_error("model", f"upload from {self.client_address[0]}: {exc}", control=True)
+                self.close_connection = True  # the rest of a refused body is not read
             self._send(200 if reply["ok"] else 400, json.dumps(reply).encode(), "application/json")
 
         def _stream(self) -> None:

@@ -207,3 +207,72 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
     assert versions == {old}
     assert not (tmp_path / "state" / "models" / "v-good").exists()
     shutil.rmtree(tmp_path / "www")
+
+
+class _Slow(http.server.SimpleHTTPRequestHandler):
+    """Sends files at ~200 KB/s: a download still running when the daemon is killed."""
+
+    def copyfile(self, source, outputfile):
+        while chunk := source.read(16384):
+            outputfile.write(chunk)
+            time.sleep(0.08)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_upload_to_the_live_view_and_sigkill_never_leaves_the_device_without_a_model(tmp_path, broker, served,
+                                                                                      model_dir):
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    good = _bundle(tmp_path, served, "good", "v-good")
+    slow = _bundle(tmp_path, served, "slow", "v-slow")
+    root, _ = served
+    slow_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Slow, directory=str(root)))
+    threading.Thread(target=slow_server.serve_forever, daemon=True).start()
+    port = free_port()
+    cfg = _cfg(tmp_path, broker, state_dir=str(tmp_path / "state"), http={"enabled": True, "port": port})
+    w = Watch(broker.port)
+    proc = start_daemon(cfg)
+    data = (root / "v-good.tar").read_bytes()
+    try:
+        _, first = w.until("detections", lambda b: True, 60)
+        old = first["model"]["version"]
+        url = f"http://127.0.0.1:{port}/api/model/upload"
+        refused = urllib.request.Request(url, data=data[:1000], method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        with pytest.raises(urllib.error.HTTPError) as no_header:  # not a same-origin request from the page
+            urllib.request.urlopen(refused, timeout=30)
+        req = urllib.request.Request(url, data=data, method="POST", headers={
+            "Content-Type": "application/octet-stream", "X-Ripeye-Request": "1"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert answer["ok"] and answer["sha256"] == good["sha256"], answer
+        w.until("model", lambda b: _last(b) == "switched", 60)
+        proc.send_signal(signal.SIGKILL)  # right after the switch: the device comes back on the new model
+        proc.wait(timeout=10)
+        proc = start_daemon(cfg)
+        t0 = time.time()
+        _, back = w.until("detections", lambda b: True, 60, start=len(w.on("detections")))
+        assert back["model"]["version"] == "v-good", back
+        n = len(w.on("model"))
+        w.ask("model/install", {"url": f"http://127.0.0.1:{slow_server.server_address[1]}/v-slow.tar",
+                                "sha256": slow["sha256"], "id": "s1"})
+        w.until("model", lambda b: _last(b) == "installing", 20, start=n)
+        time.sleep(2)  # part-way through the download
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc = start_daemon(cfg)
+        _, again = w.until("detections", lambda b: True, 60, start=len(w.on("detections")))
+        leftovers = sorted(p.name for p in (tmp_path / "state" / "models").iterdir())
+    finally:
+        slow_server.shutdown()
+        w.close()
+        _stop(proc)
+    assert no_header.value.code == 403
+    assert again["model"]["version"] == "v-good" and old != "v-good", again  # the model it had, never none
+    assert "v-slow" not in leftovers and not [n for n in leftovers if "partial" in n], leftovers
+    assert t0 > 0
