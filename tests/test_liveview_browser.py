@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import free_port, start_daemon
+from tests.test_control_plane import _healthz
 from tests.test_daemon_mqtt import _cfg, _stop
 
 BASE = "ripeye/testbox"
@@ -47,14 +48,6 @@ def _until(predicate, timeout, what):
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _healthz(web):
-    try:
-        with urllib.request.urlopen(web + "/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_operator_sees_the_targets_mqtt_announced_and_pauses_from_the_page(tmp_path, broker, subscriber_factory,
