@@ -413,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon import bundle
 
     bundle.add_arguments(sub.add_parser("model", help="model bundles: pack, verify (hashes, signature), keygen"))
+
+    from daemon import fleet
+
+    fleet.add_arguments(sub.add_parser("fleet", help="the devices under a prefix: ls, rollout (canary first), serve"))
     return p
 
 
