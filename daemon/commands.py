@@ -45,6 +45,7 @@ class Commands:
         self.handlers: dict[str, Callable[[dict], dict]] = {
             "pause": self.pause, "resume": self.resume, "snapshot": self.snapshot, "set": self.set,
             "reload": self.reload, "model": self.model, "stats": self.stats,
+            "capture": self.capture,
             "model/install": lambda req: self.daemon.lifecycle.cmd_install(req),
             "model/rollback": lambda req: self.daemon.lifecycle.cmd_rollback(req),
         }
@@ -108,6 +109,15 @@ class Commands:
         self.daemon.paused.clear()
         self.daemon.paused_by = None
         return {"paused": False}
+
+    def capture(self, req: dict) -> dict:
+        note = req.get("note", "")
+        if not isinstance(note, str):
+            raise CommandError('"note" must be a string (why this frame is worth labelling)')
+        if not self.daemon.cfg.capture.enabled:
+            raise CommandError("field capture is off: set capture.enabled: true (cmd/set or the config file)")
+        self.daemon.field.note(note[:500])
+        return {"queued": True, "topic": self.daemon.link.topic("capture") if self.daemon.link else None}
 
     def stats(self, req: dict) -> dict:
         self.daemon.publish_stats()

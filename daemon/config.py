@@ -262,6 +262,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class CaptureConfig(Strict):
+    """Field capture (daemon/fieldstore.py): frames worth labelling, kept on the device."""
+
+    enabled: bool = False
+    dir: str = Field("", description="where samples go; empty = <state_dir>/capture")
+    max_mb: int = Field(2000, ge=1, description="the store's size bound: oldest samples evicted first")
+    uncertain: tuple[float, float] = Field((0.25, 0.5), description="a detection with confidence in [low, high) is "
+                                                                    "kept as uncertain")
+    sample_per_hour: float = Field(6, ge=0, description="random frames kept apart as unbiased evaluation data")
+    per_hour: dict[str, int] = Field(
+        default_factory=lambda: {"failed": 120, "uncertain": 30, "class_change": 30, "lost_ripe": 30,
+                                 "sample": 60},
+        description="at most this many samples per trigger per hour (the operator's are never limited)")
+    jpeg_quality: int = Field(90, ge=50, le=100)
+
+    @field_validator("uncertain")
+    @classmethod
+    def _band(cls, v):
+        if not 0 <= v[0] < v[1] <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return v
+
+    @field_validator("per_hour")
+    @classmethod
+    def _triggers(cls, v):
+        from daemon.fieldstore import TRIGGERS
+
+        unknown = set(v) - set(TRIGGERS)
+        if unknown or any(n < 0 for n in v.values()):
+            raise ValueError(f"keys must be among {', '.join(TRIGGERS)} with counts >= 0 (got {sorted(unknown)})")
+        return v
+
+
 class LogConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -281,6 +314,7 @@ class Config(Strict):
     targets: TargetsConfig = TargetsConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     http: HttpConfig = HttpConfig()
+    capture: CaptureConfig = CaptureConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("device_id")
@@ -353,7 +387,7 @@ def load(path: Optional[str | Path]) -> Config:
 
 
 # Keys the `set` command may change at run time (all applied without restarting any stage).
-HOT_SETTABLE = {"detect", "stats", "log", "mqtt.qos", "targets"}
+HOT_SETTABLE = {"detect", "stats", "log", "mqtt.qos", "targets", "capture"}
 
 
 def check_hot_patch(patch: dict) -> None:

@@ -78,6 +78,7 @@ class DaemonControl(Protocol):
     latest: Optional[tuple]  # (frame, detections, track_ids) last published, for snapshots
     link: Any  # the MqttLink, or None with MQTT off
     lifecycle: Any  # daemon.lifecycle.ModelLifecycle: cmd/model/install and cmd/model/rollback
+    field: Any  # daemon.fieldstore.FieldCapture: cmd/capture
 
     def apply_config(self, new: Config, file: str = "config") -> None: ...
 

@@ -147,6 +147,7 @@ class Harvest:
         self.announced = 0
         self.withdrawn = 0
         self.released = 0  # claims released because their arm went offline
+        self.events: deque[dict] = deque(maxlen=64)  # for field capture: failed picks, ripe targets lost unclaimed
 
     def reconfigure(self, tracking: TrackingConfig, targets: TargetsConfig, calibration: CalibrationConfig,
                     fps: float) -> None:
@@ -290,6 +291,9 @@ class Harvest:
                 if t.state in ("available", "claimed"):
                     out.append(self._message(t, now, "lost"))
                     self.withdrawn += 1
+                    if t.state == "available":  # a ripe target nobody took: the model may have lost it
+                        self.events.append({"trigger": "lost_ripe", "track_id": tid,
+                                            "reason": f"ripe target {tid} lost before any arm claimed it"})
                 self._end(t)
                 continue
             if t.state == "claimed" and now - t.claimed_at > cfg.claim_timeout_s:
@@ -331,15 +335,27 @@ class Harvest:
         return msg
 
     # ---- arm protocol ---------------------------------------------------------------------------------------------
-    def arm_event(self, action: str, track_id, arm_id: str, now: Optional[float] = None) -> dict:
-        """claim / picked / failed from the arm `arm_id`; returns the acknowledgement body."""
+    def arm_event(self, action: str, track_id, arm_id: str, now: Optional[float] = None,
+                  reason: Optional[str] = None) -> dict:
+        """claim / picked / failed from the arm `arm_id` (`reason`: the arm's words on a failure); returns the
+        acknowledgement body."""
         now = time.time() if now is None else now
         if not isinstance(track_id, int) or isinstance(track_id, bool):
             return {"ok": False, "arm_id": arm_id, "error": "track_id must be an integer"}
         with self.lock:
             reply = {"claim": self._claim, "picked": self._picked, "failed": self._failed}[action](track_id, arm_id,
                                                                                                   now)
+            if action == "failed" and reply["ok"]:
+                self.events.append({"trigger": "failed", "track_id": track_id, "arm_id": arm_id,
+                                    "reason": reason or "the arm reported the pick failed"})
         return {"arm_id": arm_id, "track_id": track_id, **reply}
+
+    def take_events(self) -> list[dict]:
+        """Failed picks and ripe targets lost unclaimed since the last call (for field capture)."""
+        with self.lock:
+            events = list(self.events)
+            self.events.clear()
+        return events
 
     def _claim(self, track_id: int, arm_id: str, now: float) -> dict:
         t = self.tracks.get(track_id)
@@ -485,7 +501,8 @@ def arm_message(harvest: Optional[Harvest], suffix: str, payload: bytes) -> list
         rid = request_id(payload)
         body = {"id": rid} if rid is not None else {}
     else:
-        reply = (harvest.arm_event(action, body.get("track_id"), arm_id) if harvest
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+        reply = (harvest.arm_event(action, body.get("track_id"), arm_id, reason=reason and reason[:300]) if harvest
                  else {"ok": False, "arm_id": arm_id, "error": "targets are off (tracking unavailable)"})
     reply["action"] = action
     if "id" in body:

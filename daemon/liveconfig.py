@@ -124,6 +124,8 @@ class LiveConfig:
                 d.capture.join(timeout=5)
                 d._start_capture()
             self._apply_http(old, new)
+            if new.capture != old.capture:
+                d.field.reset()  # a full disk is tried again after an edit
         except Exception as exc:  # a bug here must not leave the daemon half-configured and silent
             log.exception("config: applying the edit failed")
             d.report_error("config", f"{file}: applying the edit failed ({type(exc).__name__}: {exc})",

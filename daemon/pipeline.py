@@ -19,6 +19,7 @@ from daemon.capture import CaptureThread, Frame
 from daemon.config import Config
 from daemon.depth import Locate
 from daemon.detector import Detector, NoUsableBackend, load_detector
+from daemon.fieldstore import FieldCapture
 from daemon.handoff import InOrder, LatestSlot
 from daemon.hardware import cpu_temperature
 from daemon.lifecycle import ModelLifecycle
@@ -88,6 +89,8 @@ class Daemon:
         self.state_problems: list[str] = []  # own state files found bad and set aside before start
         self.locate = Locate(cfg.calibration.camera_to_arm_matrix())  # 3D positions (issue 11)
         self.lifecycle = ModelLifecycle(self)  # installed models: shadow, switch, probation, rollback
+        self.field = FieldCapture(lambda: self.cfg.capture, self.capture_dir, lambda: self.harvest, lambda: self.link,
+                                  self.report_error)  # frames worth labelling (issue 28)
         self.chain = self._output_chain()
 
     # ---- wiring -------------------------------------------------------------------------------------------------
@@ -107,6 +110,7 @@ class Daemon:
             self._start_web()
         self._spawn(self._housekeeping_loop, "housekeeping")
         self.lifecycle.start()
+        self.field.start(self.stop_event)
 
     def _report_state_problems(self) -> None:
         """State files (persisted overrides, the tune cache) that did not read are set aside; say so on `errors`."""
@@ -171,6 +175,9 @@ class Daemon:
         m.reconnects.set(max(0, self.link.connects - 1) if self.link else 0)
         m.mqtt_connected.set(1 if self.link and self.link.connected.is_set() else 0)
         m.camera_reconnects.set(self.capture.reconnects if self.capture else 0)
+
+    def capture_dir(self) -> Path:
+        return Path(self.cfg.capture.dir or Path(self.cfg.state_dir) / "capture").expanduser()
 
     def _spawn(self, target, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -283,7 +290,8 @@ class Daemon:
         return [output.Decode(lambda: self.harvest), output.Track(lambda: self.harvest), output.Select(),
                 output.Locate(lambda: self.locate), output.Compose(), output.MqttSink(lambda: self.link),
                 output.MetricsSink(self.stages, self.metrics),
-                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest), self.lifecycle.observe]
+                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest), self.lifecycle.observe,
+                self.field]
 
     def _publish_result(self, r: Result) -> None:
         out = output.run_chain(self.chain, r, self.cfg)
@@ -342,6 +350,7 @@ class Daemon:
             if self.link else None,
             "errors": self.errors_total,
             "targets": self.harvest.counts() if self.harvest else None,
+            "capture": self.field.stats() if self.cfg.capture.enabled or self.field.kept else None,
             "rss_mb": round(mem.rss / 2**20, 1),
             "cpu_temperature_c": cpu_temperature(),
         }
