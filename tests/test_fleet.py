@@ -200,14 +200,14 @@ def test_figure_rollout_stops_at_a_collapsing_canary(three, tmp_path):
 
 def test_good_bundle_goes_canary_first_then_wave_by_wave(three, tmp_path):
     w = three["watch"]
-    good = _bundle(three["tmp"], three["served"], "good", "v-good")
-    report = tmp_path / "report.json"
-    out = _fleet("rollout", str(three["served"][0] / "v-good.tar"), "--url", good["url"], "--canary", "d1",
+    _bundle(three["tmp"], three["served"], "good", "v-good")
+    report = tmp_path / "report.json"  # served by the rollout itself this time
+    out = _fleet("rollout", str(three["served"][0] / "v-good.tar"), "--serve-port", "0", "--canary", "d1",
                  "--then", "house-a,house-b", "--batch", "1", "--healthy-for", "3s",
                  "--port", str(three["broker"].port), "--report", str(report))
     assert out.returncode == 0, (out.stdout, out.stderr)
     rep = json.loads(report.read_text())
-    assert rep["touched"] == ["d1", "d2", "d3"], rep
+    assert rep["touched"] == ["d1", "d2", "d3"] and rep["url"].startswith("http://127.0.0.1:"), rep
     order = [(s["device"], s["step"]) for s in rep["steps"] if s["step"] in ("install sent", "healthy")]
     assert order == [("d1", "install sent"), ("d1", "healthy"), ("d2", "install sent"), ("d2", "healthy"),
                      ("d3", "install sent"), ("d3", "healthy")], order
