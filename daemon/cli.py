@@ -417,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon import fleet
 
     fleet.add_arguments(sub.add_parser("fleet", help="the devices under a prefix: ls, rollout (canary first), serve"))
+
+    from daemon import dataset
+
+    dataset.add_arguments(sub.add_parser("dataset", help="field captures → a labelling tool and back"))
     return p
 
 
