@@ -292,6 +292,12 @@ def test_coco_import_round_trip_and_bad_records(store, tmp_path):
         assert (tmp_path / "ds" / "train" / im["file_name"]).is_file() and im["trigger"] == labels["trigger"]
         assert _same([_xyxy(a["bbox"]) for a in gt.loadAnns(gt.getAnnIds(imgIds=[im["id"]]))], boxes, 0.01)
 
+    # `ripeye train` reads it with the identity class map (annotations/<split>.json beside <split>/)
+    from daemon.train import coco_to_yolo_labels, parse_class_map
+
+    yolo, names = coco_to_yolo_labels(gt.dataset, parse_class_map(",".join(f"{c}={c}" for c in CLASSES)))
+    assert names == CLASSES and sum(map(len, yolo.values())) == len(coco["annotations"])
+
     # the drafts imported as they are: allowed, but said
     rc, _, err = _run("import", tmp_path / "c" / "annotations.json", "--format", "coco", "--out", tmp_path / "d2")
     assert rc == 0 and "carry a 'score': model drafts rather than reviewed labels?" in err
