@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-SHADOW_EVERY = 10  # keep every 10th frame for the shadow run (the camera's own recent view)
+SHADOW_EVERY = 10  # past the first few, keep every 10th frame for the shadow run (the camera's own recent view)
 
 
 def _sha256(path: Path) -> str:
@@ -64,7 +64,7 @@ def download(url: str, dest: Path, max_bytes: int, limit: str, timeout_s: float 
         with open(part, "ab" if have else "wb") as f:
             got = have
             while True:
-                chunk = resp.read(CHUNK)
+                chunk = resp.read(1 << 16)  # small reads: a killed download keeps what arrived
                 if not chunk:
                     break
                 got += len(chunk)
@@ -129,7 +129,7 @@ class ModelLifecycle:
         version = out.result.detector.bundle.version
         ripe = sum(1 for d in out.detections if d.class_name in cfg.targets.classes)
         self.ripe.append((time.time(), version, ripe))
-        if self.frames % SHADOW_EVERY == 0:
+        if len(self.recent) < self.recent.maxlen or self.frames % SHADOW_EVERY == 0:
             self.recent.append((out.result.frame.image, list(out.detections)))
 
     # ---- the retained `model` topic -------------------------------------------------------------------------------
@@ -216,9 +216,9 @@ class ModelLifecycle:
             folder, info = self.install(url, sha)
             self._event("installed", version=info.version, path=str(folder))
             if activate:
-                report = self.shadow(folder)
+                report, cand = self.shadow(folder)
                 self._event("shadowed", version=info.version, **report)
-                self.switch(folder, info.version, f"install from {url}")
+                self.switch(folder, info.version, f"install from {url}", cand)
         except Exception as exc:  # every refusal: one clear error, the running model untouched
             msg = str(exc) if isinstance(exc, (CommandError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
             self.d.report_error("model", f"install of {url} refused: {msg}; still running "
@@ -278,9 +278,10 @@ class ModelLifecycle:
                 shutil.rmtree(old, ignore_errors=True)
 
     # ---- shadow ---------------------------------------------------------------------------------------------------
-    def shadow(self, folder: Path) -> dict:
+    def shadow(self, folder: Path) -> tuple[dict, object]:
         """The candidate on the backend this board uses, on the camera's recent frames beside the current model:
-        latency and agreement; refused when it does not load or breaks model.max_latency_ms."""
+        latency and agreement; refused when it does not load or breaks model.max_latency_ms. Returns the report and
+        the loaded candidate (the switch then swaps it in, loading nothing)."""
         from daemon.detector import NoUsableBackend, load_detector
         from daemon.pipeline import runtime_options
 
@@ -290,6 +291,7 @@ class ModelLifecycle:
                                  imgsz=cfg.model.imgsz)
         except (NoUsableBackend, FileNotFoundError, ValueError) as exc:
             raise CommandError(f"the candidate does not load here: {str(exc).splitlines()[0]}") from None
+        ok = False
         try:
             frames = list(self.recent)
             latencies, agree = [], []
@@ -305,16 +307,18 @@ class ModelLifecycle:
                       "latency_ms": round(statistics.median(latencies), 2) if latencies else None,
                       "current_latency_ms": (self.d.stages.summary().get("inference") or {}).get("median"),
                       "agreement": round(statistics.mean(agree), 3) if agree else None}
+            budget = cfg.model.max_latency_ms
+            if budget and report["latency_ms"] is not None and report["latency_ms"] > budget:
+                raise CommandError(f"the candidate takes {report['latency_ms']} ms per frame here, over "
+                                   f"model.max_latency_ms {budget:g}")
+            ok = True
         finally:
-            cand.close()
-        budget = cfg.model.max_latency_ms
-        if budget and report["latency_ms"] is not None and report["latency_ms"] > budget:
-            raise CommandError(f"the candidate takes {report['latency_ms']} ms per frame here, over "
-                               f"model.max_latency_ms {budget:g}")
-        return report
+            if not ok:
+                cand.close()
+        return report, cand
 
     # ---- switch, probation, rollback ------------------------------------------------------------------------------
-    def _use(self, path: str) -> bool:
+    def _use(self, path: str, preloaded=None) -> bool:
         """Run the model at `path` from the next frame on (the old one answers until then), and keep it across
         restarts and file edits (a persisted override of model.path)."""
         d = self.d
@@ -323,15 +327,19 @@ class ModelLifecycle:
         persisted = config_mod.merge_patch(persisted, {"model": {"path": path}})
         new = d.cfg.model_copy(update={"model": d.cfg.model.model_copy(update={"path": path})})
         before = d.detector
-        d.apply_config(new, "model lifecycle")
+        try:
+            d.apply_config(new, "model lifecycle", preloaded)
+        finally:
+            if preloaded is not None and d.detector is not preloaded:
+                preloaded.close()  # refused or not swapped in: let go of it
         if d.detector is before or d.cfg.model.path != path:
             return False
         write_durably(file, yaml.safe_dump(persisted))
         return True
 
-    def switch(self, folder: Path, version: str, why: str) -> None:
+    def switch(self, folder: Path, version: str, why: str, preloaded=None) -> None:
         old = self.describe()["active"]
-        if not self._use(str(folder)):
+        if not self._use(str(folder), preloaded):
             raise CommandError(f"model {version} would not load on the running backend; still running "
                                f"{old['version'] if old else 'nothing'}")
         now = time.time()

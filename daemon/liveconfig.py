@@ -105,7 +105,7 @@ class LiveConfig:
             return False
         return True
 
-    def apply(self, new: Config, file: str = "config") -> None:
+    def apply(self, new: Config, file: str = "config", preloaded=None) -> None:
         """Check, then swap in a validated config; only the stages whose settings changed are restarted. Raises
         ConfigError (nothing changed) when the edit names files that do not read or a model that cannot be used."""
         d = self.daemon
@@ -118,7 +118,7 @@ class LiveConfig:
         try:
             self._apply_link(old, new, link)
             self._apply_harvest(old, new)
-            self._apply_model(old, new)
+            self._apply_model(old, new, preloaded)
             if new.source != old.source and d.capture:
                 d.capture.stop()
                 d.capture.join(timeout=5)
@@ -166,13 +166,13 @@ class LiveConfig:
 
         d.locate = Locate(new.calibration.camera_to_arm_matrix())
 
-    def _apply_model(self, old: Config, new: Config) -> None:
+    def _apply_model(self, old: Config, new: Config, preloaded=None) -> None:
         d = self.daemon
         loads = ("path", "precision", "imgsz", "allow_rejected")  # what the detector is built from
         if ([getattr(new.model, k) for k in loads], new.runtime.backend, new.runtime.threads, new.runtime.device) == (
                 [getattr(old.model, k) for k in loads], old.runtime.backend, old.runtime.threads, old.runtime.device):
             return
-        if d._load_detector(new) or d.detector is None:
+        if d._load_detector(new, preloaded) or d.detector is None:
             return
         # the new model did not load (reported by _load_detector): the old one keeps running, and the config
         # says so rather than claim a model that is not loaded

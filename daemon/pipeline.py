@@ -195,12 +195,14 @@ class Daemon:
             return None
         return (detector.input_size, *detector.preprocess(image))
 
-    def _load_detector(self, cfg: Optional[Config] = None) -> bool:
+    def _load_detector(self, cfg: Optional[Config] = None, preloaded: Optional[Detector] = None) -> bool:
+        """Load the configured model and swap it in; `preloaded` (a candidate already loaded for its shadow run)
+        is swapped in as it is, so a model switch costs no load time."""
         cfg = cfg or self.cfg
         options = runtime_options(cfg)
         try:
-            detector = load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
-                                     imgsz=cfg.model.imgsz, allow_rejected=cfg.model.allow_rejected)
+            detector = preloaded or load_detector(cfg.model.path, cfg.runtime.backend, cfg.model.precision, options,
+                                                  imgsz=cfg.model.imgsz, allow_rejected=cfg.model.allow_rejected)
         except (NoUsableBackend, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             self.model_error = f"{cfg.model.path}: {exc}"
             key = "model.imgsz" if isinstance(exc, SizeNotFound) else "model.path"
@@ -436,8 +438,8 @@ class Daemon:
     def reload_config(self) -> bool:
         return self.live.reload()
 
-    def apply_config(self, new: Config, file: str = "config") -> None:
-        self.live.apply(new, file)
+    def apply_config(self, new: Config, file: str = "config", preloaded: Optional[Detector] = None) -> None:
+        self.live.apply(new, file, preloaded)
 
     # ---- process ------------------------------------------------------------------------------------------------
     def run_forever(self) -> int:

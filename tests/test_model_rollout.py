@@ -6,9 +6,11 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -21,13 +23,17 @@ from tests.test_daemon_mqtt import _cfg, _stop
 BASE = "ripeye/testbox"
 
 
-def _folder(tmp_path, name, scores=1.0, classes=None):
+def _folder(tmp_path, name, scores=1.0, classes=None, input_size=None, full=False):
     """A model folder holding the shipped ONNX (its class scores multiplied by `scores`: 0.1 makes a model that
-    finds almost nothing, like a bad training run) and its metadata."""
+    finds almost nothing, like a bad training run) and its metadata; `full`: the shipped folder as it is, every
+    artifact but the other input sizes (the same model, as fast: what a retrained model's bundle looks like)."""
     import onnx
     from onnx import helper, numpy_helper
 
     out = tmp_path / name
+    if full:
+        shutil.copytree(MODEL_DIR, out, ignore=shutil.ignore_patterns("sizes"))
+        return out
     out.mkdir()
     model = onnx.load(str(MODEL_DIR / "model.onnx"))
     if scores != 1.0:  # output (1, 4 + classes, anchors): scale the class rows
@@ -44,6 +50,8 @@ def _folder(tmp_path, name, scores=1.0, classes=None):
     meta.pop("calibration_list", None)
     if classes:
         meta["class_names"] = classes
+    if input_size:  # a bundle made for another input size (its metadata says so)
+        meta["input_size"], meta["default_input_size"] = input_size, input_size[0]
     (out / "metadata.json").write_text(json.dumps(meta))
     return out
 
@@ -116,7 +124,7 @@ def _versions(watch, since=0.0):
 
 
 def test_install_switches_between_two_frames_and_rollback_by_command(tmp_path, broker, served, model_dir):
-    good = _bundle(tmp_path, served, "good", "v-good")
+    good = _bundle(tmp_path, served, "good", "v-good", full=True)
     w = Watch(broker.port)
     # lossless file mode: the capture waits for inference, so a skipped frame id could only be the switch's doing
     proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(tmp_path / "state"), model={"probation_s": 30},
@@ -151,7 +159,12 @@ def test_install_switches_between_two_frames_and_rollback_by_command(tmp_path, b
     finally:
         w.close()
         _stop(proc)
-    assert max(gaps) <= 2 * float(np.median(before)) + 0.05, (max(gaps), float(np.median(before)))
+    figure = {"longest_interval_across_switch_s": round(float(max(gaps)), 3),
+              "median_interval_before_s": round(float(np.median(before)), 3), "frame_ids_skipped": len(skipped),
+              "shadow": shadow, "source": "sample clip, lossless file mode, 8 fps"}
+    if os.environ.get("RIPEYE_SWITCH_FIGURE"):  # the README's figure: RIPEYE_SWITCH_FIGURE=bench/results/....json
+        Path(os.environ["RIPEYE_SWITCH_FIGURE"]).write_text(json.dumps(figure, indent=1) + "\n")
+    assert max(gaps) <= 2 * float(np.median(before)), figure
     assert skipped == [], skipped  # frame ids contiguous across the switch
     assert after["previous"]["version"] == "v-good"
     assert (tmp_path / "state" / "models" / "v-good" / "bundle.json").is_file()
@@ -184,6 +197,7 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
     key, pub, _ = keygen(tmp_path / "keys")
     good = _bundle(tmp_path, served, "good", "v-good")  # unsigned
     other = _bundle(tmp_path, served, "other", "v-other", sign=key, classes=["red", "orange", "green"])
+    small = _bundle(tmp_path, served, "small", "v-small", sign=key, input_size=[320, 320])
     w = Watch(broker.port)
     proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(tmp_path / "state"),
                              model={"trusted_keys": [str(pub)]}))
@@ -193,6 +207,7 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
         cases = [({**good, "sha256": "0" * 64}, "SHA-256 does not match"),
                  (good, "unsigned"),
                  ({**other}, "other classes"),
+                 ({**small}, "input sizes [320]"),
                  ({"url": good["url"].replace(".tar", "-missing.tar"), "sha256": good["sha256"]}, "404")]
         for i, (req, why) in enumerate(cases):
             n = len(w.on("model"))
@@ -210,12 +225,33 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
 
 
 class _Slow(http.server.SimpleHTTPRequestHandler):
-    """Sends files at ~200 KB/s: a download still running when the daemon is killed."""
+    """A static server that honours `Range: bytes=N-` (as nginx or any CDN does) and, while `delay` is set, sends
+    slowly (~200 KB/s): a download still running when the daemon is killed. Ranges asked for are recorded."""
+
+    delay = 0.08
+    ranges: list = []
+
+    def send_head(self):
+        rng = self.headers.get("Range", "")
+        if not rng.startswith("bytes="):
+            return super().send_head()
+        start = int(rng[6:].split("-")[0])
+        path = self.translate_path(self.path)
+        f = open(path, "rb")  # noqa: SIM115 (closed by the caller, as in SimpleHTTPRequestHandler)
+        size = f.seek(0, 2)
+        f.seek(start)
+        type(self).ranges.append(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        return f
 
     def copyfile(self, source, outputfile):
         while chunk := source.read(16384):
             outputfile.write(chunk)
-            time.sleep(0.08)
+            time.sleep(type(self).delay)
 
     def log_message(self, *a):
         pass
@@ -268,6 +304,12 @@ def test_upload_to_the_live_view_and_sigkill_never_leaves_the_device_without_a_m
         proc = start_daemon(cfg)
         _, again = w.until("detections", lambda b: True, 60, start=len(w.on("detections")))
         leftovers = sorted(p.name for p in (tmp_path / "state" / "models").iterdir())
+        part = next((tmp_path / "state" / "models" / "downloads").glob("*.part")).stat().st_size
+        _Slow.delay = 0  # the same install again: it resumes where the killed download stopped
+        n = len(w.on("model"))
+        w.ask("model/install", {"url": f"http://127.0.0.1:{slow_server.server_address[1]}/v-slow.tar",
+                                "sha256": slow["sha256"], "id": "s2"})
+        _, resumed = w.until("model", lambda b: _last(b) in ("switched", "refused"), 60, start=n)
     finally:
         slow_server.shutdown()
         w.close()
@@ -275,4 +317,30 @@ def test_upload_to_the_live_view_and_sigkill_never_leaves_the_device_without_a_m
     assert no_header.value.code == 403
     assert again["model"]["version"] == "v-good" and old != "v-good", again  # the model it had, never none
     assert "v-slow" not in leftovers and not [n for n in leftovers if "partial" in n], leftovers
+    assert part > 0 and _Slow.ranges == [part], (part, _Slow.ranges)  # asked for the rest only
+    assert _last(resumed) == "switched" and resumed["active"]["version"] == "v-slow", resumed["history"][-1]
     assert t0 > 0
+
+
+def test_a_bundle_larger_than_the_free_disk_is_refused(tmp_path, broker, served, model_dir):
+    import subprocess
+
+    good = _bundle(tmp_path, served, "good", "v-good")
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(state)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    w = Watch(broker.port)
+    proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(state)))
+    try:
+        _, first = w.until("detections", lambda b: True, 60)
+        assert w.ask("model/install", {**good, "id": "d1"})["ok"]
+        _, model = w.until("model", lambda b: _last(b) in ("refused", "switched"), 60)
+        versions = set(_versions(w))
+    finally:
+        w.close()
+        _stop(proc)
+        subprocess.run(["umount", str(state)], capture_output=True)
+    assert _last(model) == "refused" and "free disk space" in model["history"][-1]["error"], model["history"][-1]
+    assert versions == {first["model"]["version"]}
