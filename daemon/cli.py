@@ -426,4 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "config") and args.config is None:  # run, doctor, tune: the installed service's config
+        from daemon.paths import resolve_config
+
+        args.config = resolve_config(None)  # $RIPEYE_CONFIG, else /etc/ripeye/ripeye.yaml when installed; says which
     return args.func(args)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.paths import default_device_id, default_model_dir
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 SAMPLE_CLIP = PACKAGE_DIR / "assets" / "sample.mp4"
 SAMPLE_3D = PACKAGE_DIR / "assets" / "sample-3d.db3"  # RealSense recording, made by bench/make_depth_recording.py
-DEFAULT_MODEL_DIR = REPO_DIR / "models" / "tomato-yolo11n"
+DEFAULT_MODEL_DIR = default_model_dir()  # the checkout's models/, or PREFIX/app/models on an installed copy
 
 
 class Strict(BaseModel):
@@ -300,7 +301,7 @@ class LogConfig(Strict):
 
 
 class Config(Strict):
-    device_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "ripeye")
+    device_id: str = Field(default_factory=default_device_id)  # the hostname (-<instance> under ripeye@<instance>)
     groups: list[str] = Field(default_factory=list, description="fleet groups this device belongs to (e.g. a house "
                               "or a canary set), for `ripeye fleet rollout --canary GROUP`")
     state_dir: str = "~/.local/state/ripeye"
