@@ -72,20 +72,21 @@ def run(arms: int, seconds: float, workdir: Path, port: int | None = None, kill_
                                   "--pick-time", str(pick_time_s), "--fail-rate", "0.2", "--seconds",
                                   str(seconds + 5), "--report", str(workdir / f"{a}.json")], cwd=REPO, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, a in enumerate(ids)}
-    victim, killed_at, held = ids[-1], None, None
+    victim, killed_at, held = None, None, None
     started = time.time()
     try:
         while time.time() - started < seconds:
             time.sleep(0.02)
             if killed_at is None and time.time() - started >= kill_after_s:
-                with lock:
-                    grants = [b for _, s, b in got if s == f"arm/{victim}/result" and b.get("action") == "claim"
-                              and b.get("granted")]
-                    done = {b["track_id"] for _, s, b in got if s == f"arm/{victim}/result"
-                            and b.get("action") in ("picked", "failed")}
-                if grants and grants[-1]["track_id"] not in done:  # it holds a claim now: kill it mid-cut
-                    procs[victim].send_signal(signal.SIGKILL)
-                    killed_at, held = time.time(), grants[-1]["track_id"]
+                now = time.time()
+                with lock:  # an arm granted a claim in the last 0.5 s is cutting now (picks take pick_time_s)
+                    fresh = [(s.split("/")[1], b["track_id"]) for t, s, b in got if now - t < 0.5
+                             and s.startswith("arm/") and s.endswith("/result") and s.split("/")[1] in ids
+                             and b.get("action") == "claim" and b.get("granted") and not b.get("duplicate")]
+                if fresh and pick_time_s > 0.5:
+                    victim, held = fresh[-1]
+                    procs[victim].send_signal(signal.SIGKILL)  # killed mid-cut: its claim must not outlive it
+                    killed_at = time.time()
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -97,7 +98,7 @@ def run(arms: int, seconds: float, workdir: Path, port: int | None = None, kill_
         client.loop_stop()
         if broker:
             broker.terminate()
-    return analyse(got, ids, victim, killed_at, held, started, seconds, claim_timeout_s)
+    return analyse(got, ids, victim or ids[-1], killed_at, held, started, seconds, claim_timeout_s)
 
 
 def analyse(got, ids, victim, killed_at, held, started, seconds, claim_timeout_s) -> dict:

@@ -123,8 +123,9 @@ class ModelLifecycle:
         self.root.mkdir(parents=True, exist_ok=True)
         write_durably(self.root / "state.json", json.dumps(self.state, indent=1))
 
-    # ---- per frame (output chain) ---------------------------------------------------------------------------------
-    def observe(self, out, cfg) -> None:
+    # ---- per frame (a step of the output chain) ---------------------------------------------------------------------
+    def __call__(self, out, cfg) -> None:
+        """Ripe detections per model version (for probation) and a few recent frames (for a shadow run)."""
         self.frames += 1
         version = out.result.detector.bundle.version
         ripe = sum(1 for d in out.detections if d.class_name in cfg.targets.classes)
@@ -294,8 +295,9 @@ class ModelLifecycle:
         ok = False
         try:
             frames = list(self.recent)
+            captured = self._captured()
             latencies, agree = [], []
-            for image, current in frames:
+            for image, current in frames + captured:
                 tensor, lb = cand.preprocess(image)
                 t0 = time.perf_counter()
                 output = cand.infer(tensor)
@@ -303,10 +305,13 @@ class ModelLifecycle:
                 found = cand.postprocess(output, lb, cfg.detect.confidence, cfg.detect.iou, cfg.detect.max_detections,
                                          cfg.detect.agnostic_nms)
                 agree.append(agreement(current, found))
+            live, kept = agree[:len(frames)], agree[len(frames):]
             report = {"frames": len(frames), "backend": cand.backend, "precision": cand.runtime.precision,
                       "latency_ms": round(statistics.median(latencies), 2) if latencies else None,
                       "current_latency_ms": (self.d.stages.summary().get("inference") or {}).get("median"),
-                      "agreement": round(statistics.mean(agree), 3) if agree else None}
+                      "agreement": round(statistics.mean(live), 3) if live else None,
+                      "capture_samples": len(captured),
+                      "agreement_capture": round(statistics.mean(kept), 3) if kept else None}
             budget = cfg.model.max_latency_ms
             if budget and report["latency_ms"] is not None and report["latency_ms"] > budget:
                 raise CommandError(f"the candidate takes {report['latency_ms']} ms per frame here, over "
@@ -316,6 +321,28 @@ class ModelLifecycle:
             if not ok:
                 cand.close()
         return report, cand
+
+    def _captured(self, n: int = 8) -> list:
+        """The newest field-capture samples (daemon/fieldstore.py), with the drafts the model of the time made:
+        frames this camera found hard, for the shadow run too."""
+        import cv2
+
+        from daemon.vision import Detection
+
+        root = self.d.capture_dir()
+        if not root.is_dir():
+            return []
+        out = []
+        for labels in sorted(root.glob("*/*/labels.json"), key=lambda p: p.parent.name, reverse=True)[:n]:
+            try:
+                data = json.loads(labels.read_text())
+                image = cv2.imread(str(labels.parent / "image.jpg"))
+                dets = [Detection(d["class"], -1, d["confidence"], tuple(d["box"])) for d in data["detections"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # evicted meanwhile, or not a sample
+            if image is not None:
+                out.append((image, dets))
+        return out
 
     # ---- switch, probation, rollback ------------------------------------------------------------------------------
     def _use(self, path: str, preloaded=None) -> bool:

@@ -288,11 +288,12 @@ class Daemon:
 
     def _output_chain(self) -> list:
         """The path a frame takes after inference, in order (daemon/output.py): decode → track + targets → select
-        what is published → 3D positions → compose the message → sinks (MQTT, timings and metrics, live view)."""
+        what is published → 3D positions → compose the message → sinks (MQTT, timings and metrics, live view, the
+        model's probation counts and shadow frames (lifecycle.py), field capture (fieldstore.py))."""
         return [output.Decode(lambda: self.harvest), output.Track(lambda: self.harvest), output.Select(),
                 output.Locate(lambda: self.locate), output.Compose(), output.MqttSink(lambda: self.link),
                 output.MetricsSink(self.stages, self.metrics),
-                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest), self.lifecycle.observe,
+                output.LiveViewSink(lambda: self.web, self.stages, lambda: self.harvest), self.lifecycle,
                 self.field]
 
     def _publish_result(self, r: Result) -> None:

@@ -128,10 +128,14 @@ def test_install_switches_between_two_frames_and_rollback_by_command(tmp_path, b
     w = Watch(broker.port)
     # lossless file mode: the capture waits for inference, so a skipped frame id could only be the switch's doing
     proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(tmp_path / "state"), model={"probation_s": 30},
-                             source={"uri": "sample", "realtime": False, "fps": 8}))
+                             source={"uri": "sample", "realtime": False, "fps": 8},
+                             capture={"enabled": True, "sample_per_hour": 0}))
     try:
         _, first = w.until("detections", lambda b: True, 60)
         old = first["model"]["version"]
+        for i in range(2):  # frames this camera kept for labelling: the shadow run tries the candidate on them too
+            assert w.ask("capture", {"note": "hard one", "id": f"c{i}"})["ok"]
+        w.until("capture", lambda b: True, 10)
         time.sleep(3)
         t_install = time.time()
         reply = w.ask("model/install", {**good, "id": "i1"})
@@ -144,7 +148,9 @@ def test_install_switches_between_two_frames_and_rollback_by_command(tmp_path, b
         events = [h["event"] for h in model["history"]]
         assert events[-4:] == ["installing", "installed", "shadowed", "switched"], events
         shadow = next(h for h in model["history"] if h["event"] == "shadowed")
-        assert shadow["frames"] >= 1 and shadow["agreement"] > 0.9, shadow  # the same weights: they agree
+        # the same weights: they agree, but for boxes right at the confidence threshold (threads make INT8 wobble)
+        assert shadow["frames"] >= 1 and shadow["agreement"] >= 0.8, shadow
+        assert shadow["capture_samples"] >= 1 and shadow["agreement_capture"] >= 0.8, shadow
         dets = [b for _, b in w.on("detections")]
         ids = [b["frame_id"] for b in dets]
         switch_at = next(i for i, b in enumerate(dets) if b["model"]["version"] == "v-good")
@@ -202,9 +208,10 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
     good = _bundle(tmp_path, served, "good", "v-good")  # unsigned
     other = _bundle(tmp_path, served, "other", "v-other", sign=key, classes=["red", "orange", "green"])
     small = _bundle(tmp_path, served, "small", "v-small", sign=key, input_size=[320, 320])
+    signed = _bundle(tmp_path, served, "signed", "v-signed", sign=key)
     w = Watch(broker.port)
     proc = start_daemon(_cfg(tmp_path, broker, state_dir=str(tmp_path / "state"),
-                             model={"trusted_keys": [str(pub)]}))
+                             model={"trusted_keys": [str(pub)], "max_latency_ms": 0.5}))
     try:
         _, first = w.until("detections", lambda b: True, 60)
         old = first["model"]["version"]
@@ -212,6 +219,7 @@ def test_refused_bundles_leave_the_running_model_untouched(tmp_path, broker, ser
                  (good, "unsigned"),
                  ({**other}, "other classes"),
                  ({**small}, "input sizes [320]"),
+                 ({**signed}, "over model.max_latency_ms 0.5"),  # signed and fitting, but too slow for the budget
                  ({"url": good["url"].replace(".tar", "-missing.tar"), "sha256": good["sha256"]}, "404")]
         for i, (req, why) in enumerate(cases):
             n = len(w.on("model"))
@@ -348,3 +356,27 @@ def test_a_bundle_larger_than_the_free_disk_is_refused(tmp_path, broker, served,
         subprocess.run(["umount", str(state)], capture_output=True)
     assert _last(model) == "refused" and "free disk space" in model["history"][-1]["error"], model["history"][-1]
     assert versions == {first["model"]["version"]}
+
+
+def test_only_the_last_model_keep_versions_stay_and_never_the_active_or_previous(tmp_path):
+    import os as _os
+    from types import SimpleNamespace
+
+    from daemon.config import Config
+    from daemon.lifecycle import ModelLifecycle
+
+    cfg = Config.model_validate({"state_dir": str(tmp_path), "model": {"keep": 2}, "mqtt": {"enabled": False}})
+    root = tmp_path / "models"
+    for i, name in enumerate(["v1", "v2", "v3", "v4"]):
+        (root / name).mkdir(parents=True)
+        _os.utime(root / name, (1000 + i, 1000 + i))
+    (root / "downloads").mkdir()
+    active = SimpleNamespace(bundle=SimpleNamespace(root=root / "v1"))
+    life = ModelLifecycle(SimpleNamespace(cfg=cfg, detector=active))
+    life.state["previous"] = {"path": str(root / "v2"), "version": "v2"}
+    life._prune()
+    assert sorted(p.name for p in root.iterdir()) == ["downloads", "v1", "v2", "v3", "v4"]  # 2 newest + protected
+    life.d.detector = SimpleNamespace(bundle=SimpleNamespace(root=root / "v4"))
+    life.state["previous"] = None
+    life._prune()
+    assert sorted(p.name for p in root.iterdir()) == ["downloads", "v3", "v4"]

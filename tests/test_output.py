@@ -33,7 +33,8 @@ def _out(candidates, depth=None):
 
 def test_the_chain_reads_as_the_path_a_frame_takes():
     names = [type(step).__name__ for step in Daemon(Config())._output_chain()]
-    assert names == ["Decode", "Track", "Select", "Locate", "Compose", "MqttSink", "MetricsSink", "LiveViewSink"]
+    assert names == ["Decode", "Track", "Select", "Locate", "Compose", "MqttSink", "MetricsSink", "LiveViewSink",
+                     "ModelLifecycle", "FieldCapture"]
 
 
 def test_select_publishes_confident_detections_of_the_wanted_classes():
