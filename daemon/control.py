@@ -103,7 +103,7 @@ class LiveViewSource(Protocol):
     recent_errors: Any  # the last few errors reported, newest last
     latest: Optional[tuple]
     commands: Any  # daemon.commands.Commands: execute(name, payload, via) -> answer
-    lifecycle: Any  # daemon.lifecycle.ModelLifecycle: upload(stream, length, activate, via) for bundle uploads
+    lifecycle: Any  # daemon.lifecycle.ModelLifecycle: bundle uploads, and probation for the panel
 
     def report_error(self, source: str, message: str, key: Optional[str] = None, control: bool = False) -> None: ...
 

@@ -104,6 +104,8 @@ def panel_state(daemon, board: TargetBoard) -> dict:
                    "error": capture.last_error if capture and capture.state != "running" else ""},
         "mqtt": {k: v for k, v in link.describe().items() if k in ("connected", "state", "last_error")}
         if link else None,
+        "probation": daemon.lifecycle.probation, "previous_model": (daemon.lifecycle.state.get("previous") or {})
+        .get("version"),
         "paused": daemon.paused.is_set(), "paused_by": daemon.paused_by if daemon.paused.is_set() else None,
         "targets": board.rows(harvest.board() if harvest else {}),
         "errors": list(daemon.recent_errors),
@@ -130,6 +132,8 @@ small{{color:#999}}
 <div id="status">loading…</div>
 <p><input id="reason" placeholder="reason (shown in /healthz)" size="24">
 <button id="pause">Pause</button><button id="resume">Resume</button>
+<button id="capture" title="keep this frame for labelling (capture.enabled)">Capture for labelling</button>
+<button id="rollback" title="back to the previous model">Roll back model</button>
 <a href="/snapshot.jpg" download="snapshot.jpg"><button type="button">Snapshot</button></a></p>
 <div id="answer"><small>actions answer here</small></div>
 <h4>Targets</h4><table><thead><tr><th>id</th><th>state</th><th>arm</th><th>class</th><th>age</th>
@@ -150,6 +154,8 @@ function show(s) {{
     (s.paused_by ? ` by ${{esc(s.paused_by.command)}}${{s.paused_by.via ? " (" + esc(s.paused_by.via) + ")" : ""}}` +
      (s.paused_by.reason ? `: ${{esc(s.paused_by.reason)}}` : "") : "") +
     `<br>${{s.fps}} fps · ${{esc(s.backend)}} ${{esc(s.precision)}} · model ${{m}}` +
+    (s.probation ? ` <b class="bad">on probation</b> until ${{new Date(s.probation.until * 1000).toLocaleTimeString()}}`
+     : "") + (s.previous_model ? ` <small>(previous ${{esc(s.previous_model)}})</small>` : "") +
     `<br><small>median ms: ${{lat}}</small>` +
     `<br>camera: <span class="${{s.camera.state === "running" ? "ok" : "bad"}}">${{esc(s.camera.state)}}</span>` +
     ` · mqtt: ${{link}}`;
@@ -171,6 +177,8 @@ async function command(name, body) {{
   $("answer").dataset.ok = answer.ok;
 }}
 $("pause").onclick = () => command("pause", {{reason: $("reason").value}});
+$("capture").onclick = () => command("capture", {{note: $("reason").value}});
+$("rollback").onclick = () => command("model/rollback", {{reason: $("reason").value || "from the live view"}});
 $("resume").onclick = () => command("resume", {{}});
 poll();
 </script></body></html>

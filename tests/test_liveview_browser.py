@@ -58,7 +58,8 @@ def test_operator_sees_the_targets_mqtt_announced_and_pauses_from_the_page(tmp_p
                                               arrivals.append((time.time(), json.loads(m.payload)))
                                               if m.topic == f"{BASE}/targets" else None))
     port = free_port()
-    proc = start_daemon(_cfg(tmp_path, broker, http={"enabled": True, "port": port}))
+    proc = start_daemon(_cfg(tmp_path, broker, http={"enabled": True, "port": port},
+                             capture={"enabled": True, "dir": str(tmp_path / "capture"), "sample_per_hour": 0}))
     arm = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     arm.connect("127.0.0.1", broker.port)
     arm.loop_start()
@@ -113,6 +114,10 @@ def test_operator_sees_the_targets_mqtt_announced_and_pauses_from_the_page(tmp_p
 
         browser.find_element("id", "resume").click()
         sub.wait_for("detections", lambda p: len(sub.on("detections")) > n, timeout=20)
+        browser.find_element("id", "capture").click()  # kept for labelling: the same answer as cmd/capture
+        sub.wait_for("capture", lambda p: json.loads(p)["trigger"] == "operator", timeout=20)
+        browser.find_element("id", "rollback").click()  # no previous model here: refused, as cmd/model/rollback is
+        _until(lambda: "nothing to roll back to" in browser.find_element("id", "answer").text, 10, "rollback answer")
         with urllib.request.urlopen(web + "/snapshot.jpg", timeout=10) as r:
             jpeg = r.read()
         assert browser.find_element("css selector", 'a[href="/snapshot.jpg"]').get_attribute("download")
