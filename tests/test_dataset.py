@@ -1,6 +1,6 @@
-"""`ripeye dataset` (issue 28, item 2): a capture store of real photos (crops of Laboro valid images, drafts from their
-ground truth) exported as COCO, YOLO and Label Studio tasks, and labelling-tool exports imported back, bad records
-reported one by one."""
+"""`ripeye dataset` (issue 28, item 2): a capture store of real photos (crops of the bundled sample clip's greenhouse
+frames, drafts from the clip's ground truth) exported as COCO, YOLO and Label Studio tasks, and labelling-tool
+exports imported back, bad records reported one by one."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 import yaml
 
 from daemon.cli import main
+from daemon.config import SAMPLE_CLIP
 from daemon.fieldstore import FieldStore
-from tests.conftest import DATASET, MODEL_DIR
+from tests.conftest import FIXTURES, MODEL_DIR
 
 CLASSES = json.loads((MODEL_DIR / "metadata.json").read_text())["class_names"]
-LABORO = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
-# trigger, crop (x, y, w, h) of a 640x640 valid photo, extra labels.json fields; non-square crops test normalisation
+# trigger, crop (x, y, w, h) of a 640x640 clip frame, extra labels.json fields; non-square crops test normalisation
 SAMPLES = [("failed", (40, 60, 560, 420), {"reason": "slipped off the gripper", "track_id": 7, "which": "offered"}),
            ("uncertain", (0, 100, 480, 540), {"reason": "2 detection(s) with confidence in [0.25, 0.5)"}),
            ("operator", (100, 0, 540, 600), {"note": "these green ones are half ripe"}),
@@ -38,20 +38,26 @@ def _run(*argv) -> tuple[int, str, str]:
 def store(tmp_path_factory):
     """A capture store written through FieldStore: real JPEG crops, drafts = the crop's ground-truth boxes (one of
     them reaching past the crop's edge, as detector boxes do), each with a confidence."""
-    coco = json.loads((DATASET / "annotations" / "valid.json").read_text())
-    cats = {c["id"]: LABORO.get(c["name"]) for c in coco["categories"]}
+    truth = {f["frame"]: f["boxes"] for f in json.loads((FIXTURES / "sample_clip_truth.json").read_text())["frames"]}
+    clip = cv2.VideoCapture(str(SAMPLE_CLIP))
+    frames = {}
+    for i in range(1, max(truth) + 1):
+        ok, image = clip.read()
+        if not ok:
+            break
+        frames[i] = image
+    clip.release()
     root = tmp_path_factory.mktemp("capture")
     fs, drafts = FieldStore(root), {}
     for n, (trigger, (cx, cy, cw, ch), extra) in enumerate(SAMPLES):
-        im = coco["images"][n * 5]
-        image = cv2.imread(str(DATASET / "valid" / im["file_name"]))[cy:cy + ch, cx:cx + cw]
+        frame_no = sorted(frames)[n * len(frames) // len(SAMPLES)]  # frames from different photos of the clip
+        image = frames[frame_no][cy:cy + ch, cx:cx + cw]
         dets = []
-        for k, a in enumerate(a for a in coco["annotations"] if a["image_id"] == im["id"] and cats[a["category_id"]]):
-            x, y, w, h = a["bbox"]
-            x1, y1, x2, y2 = x - cx, y - cy, x + w - cx, y + h - cy
+        for k, t in enumerate(truth.get(frame_no, [])):
+            x1, y1, x2, y2 = (t["box"][0] - cx, t["box"][1] - cy, t["box"][2] - cx, t["box"][3] - cy)
             if x2 <= 2 or y2 <= 2 or x1 >= cw - 2 or y1 >= ch - 2:
                 continue
-            dets.append({"class": cats[a["category_id"]], "confidence": round(0.3 + 0.07 * (k % 10), 2),
+            dets.append({"class": t["class"], "confidence": round(0.3 + 0.07 * (k % 10), 2),
                          "box": [round(v, 1) for v in (x1, y1, x2, y2)], "track_id": 100 + k})
         assert len(dets) >= 2 and any(d["box"][0] < 0 or d["box"][1] < 0 or d["box"][2] > cw or d["box"][3] > ch
                                       for d in dets) or n
