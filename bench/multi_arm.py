@@ -136,6 +136,7 @@ def analyse(got, ids, victim, killed_at, held, started, seconds, claim_timeout_s
         "killed_at_s": round(killed_at - started, 1) if killed_at else None, "killed_holding_track": held,
         "killed_arm_claim_released_after_s": released_after_s, "claim_timeout_s": claim_timeout_s,
         "claims_by_arm_at_end": claims_at_end,
+        "claims_released_by_last_will": (last_stats.get("targets") or {}).get("released"),
     }
 
 

@@ -2,6 +2,7 @@
 real mosquitto; one arm is SIGKILLed while it holds a claim (bench/multi_arm.py, which makes the README figures)."""
 
 import importlib.util
+import json
 
 import pytest
 
@@ -15,11 +16,14 @@ spec.loader.exec_module(multi_arm)
 @pytest.mark.parametrize("arms", [2, 3])
 def test_no_fruit_picked_twice_and_a_dead_arm_holds_nothing(tmp_path, broker, model_dir, arms):
     f = multi_arm.run(arms, seconds=60, workdir=tmp_path, port=broker.port, kill_after_s=15)
+    print(json.dumps(f))  # the whole figure, shown when an assertion fails
     assert f["picked"] >= 10, f
     assert f["tracks_picked_twice"] == 0 and f["grants_while_another_arm_held_it"] == 0, f
     assert len(f["picked_by_arm"]) >= 2, f  # the arms share the work
     assert f["killed_arm"] is not None, f  # it was killed while holding a claim
-    # its last will released the claim: the fruit was offered again (or withdrawn), long before the timeout
-    assert f["killed_arm_claim_released_after_s"] is not None, f
-    assert f["killed_arm_claim_released_after_s"] <= f["claim_timeout_s"], f
+    # its last will released the claim (the daemon counts it), and the fruit was offered again or withdrawn (when it
+    # was still tracked) long before the claim timeout; at the end no claim is held by the dead arm
+    assert f["claims_released_by_last_will"] >= 1, f
+    released = f["killed_arm_claim_released_after_s"]
+    assert released is None or released <= f["claim_timeout_s"], f
     assert f["killed_arm"] not in f["claims_by_arm_at_end"], f
