@@ -145,7 +145,8 @@ def run(model: str | None, fps: float, workdir: Path, port: int | None = None, t
     sub.connect("127.0.0.1", port)
     sub.loop_start()
     arm = ArmSimulator("127.0.0.1", port, "harvest", "clip", pick_time_s=0.0).start()
-    cfg = {"device_id": "clip", "source": {"uri": "sample", "loop": False, "fps": fps},
+    # lossless (realtime false): every frame is tracked, however slow this machine
+    cfg = {"device_id": "clip", "source": {"uri": "sample", "loop": False, "fps": fps, "realtime": False},
            "mqtt": {"port": port, "topic_prefix": "harvest"}, "runtime": {"threads": threads},
            "stats": {"interval_s": 1}}
     if model:
