@@ -79,6 +79,10 @@ def run(arms: int, seconds: float, workdir: Path, port: int | None = None, kill_
             time.sleep(0.02)
             if killed_at is None and time.time() - started >= kill_after_s:
                 now = time.time()
+                with lock:
+                    pickers = {b.get("arm_id") for _, s, b in got if s == "arm/picked/result" and b.get("ok")}
+                if len(pickers) < len(ids) and now - started < seconds / 2:
+                    continue  # every arm has worked before one is killed (a slow start must not leave one idle)
                 with lock:  # an arm granted a claim in the last 0.5 s is cutting now (picks take pick_time_s)
                     fresh = [(s.split("/")[1], b["track_id"]) for t, s, b in got if now - t < 0.5
                              and s.startswith("arm/") and s.endswith("/result") and s.split("/")[1] in ids
