@@ -21,9 +21,10 @@ def test_no_fruit_picked_twice_and_a_dead_arm_holds_nothing(tmp_path, broker, mo
     assert f["tracks_picked_twice"] == 0 and f["grants_while_another_arm_held_it"] == 0, f
     assert len(f["picked_by_arm"]) >= 2, f  # the arms share the work
     assert f["killed_arm"] is not None, f  # it was killed while holding a claim
-    # its last will released the claim (the daemon counts it), and the fruit was offered again or withdrawn (when it
-    # was still tracked) long before the claim timeout; at the end no claim is held by the dead arm
-    assert f["claims_released_by_last_will"] >= 1, f
+    # the dead arm's claim did not outlive it: its last will released it (the daemon counts that), or the fruit was
+    # withdrawn or offered again (a scene cut can end the track first) within the claim timeout; at the end no claim
+    # is held by the dead arm
     released = f["killed_arm_claim_released_after_s"]
-    assert released is None or released <= f["claim_timeout_s"], f
+    in_time = released is not None and released <= f["claim_timeout_s"]
+    assert (f["claims_released_by_last_will"] or 0) >= 1 or in_time, f
     assert f["killed_arm"] not in f["claims_by_arm_at_end"], f
