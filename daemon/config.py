@@ -25,6 +25,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# Luxonis OAK-D output sizes: the colour camera's 1080P mode scaled by its ISP (width, height → numerator,
+# denominator); depth aligned to colour on the device needs a width divisible by 16, which all of these are.
+OAKD_SIZES = {(640, 360): (1, 3), (960, 540): (1, 2), (1280, 720): (2, 3), (1920, 1080): (1, 1)}
+
+
+def is_oakd(uri: str) -> bool:
+    """Whether source.uri names a Luxonis OAK-D (`oakd`, or `oakd://<mxid-or-ip>`)."""
+    uri = uri.strip()
+    return uri == "oakd" or uri.startswith("oakd://")
+
+
+class OakdConfig(Strict):
+    """Luxonis OAK-D settings (daemon/oakd.py); other sources ignore them."""
+
+    preset: Literal["default", "robotics", "high_detail"] = Field(
+        "robotics", description="depthai's StereoDepth preset (robotics: no temporal filter, which would smear a "
+                                "moving camera; high_detail: extended disparity for fruit nearer than ~35 cm)")
+    usb2: bool = Field(False, description="cap the link at USB 2 (long or poor cables); a size and fps that need more "
+                                          "than USB 2 carries are reported on errors")
+    undistort: bool = Field(False, description="remap colour frames with the factory lens calibration on the host, "
+                                               "so they match the depth the device aligned to an undistorted colour "
+                                               "camera (wide-angle models)")
+
+
 class SourceConfig(Strict):
     uri: str = "auto"
     width: int = Field(0, ge=0, description="requested capture width; 0 keeps the source's own")
@@ -34,6 +58,15 @@ class SourceConfig(Strict):
     loop: bool = True
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    oakd: OakdConfig = OakdConfig()
+
+    @model_validator(mode="after")
+    def _oakd_size(self):
+        if is_oakd(self.uri) and (self.width or self.height) and (self.width, self.height) not in OAKD_SIZES:
+            sizes = ", ".join(f"{w}x{h}" for w, h in OAKD_SIZES)
+            raise ValueError(f"an OAK-D gives {sizes} (or width and height 0: 640x360), not "
+                             f"{self.width}x{self.height}")
+        return self
 
 
 class ModelConfig(Strict):
