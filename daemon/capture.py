@@ -1,4 +1,5 @@
-"""Frame sources (Pi camera, V4L2, RTSP/HTTP, GStreamer, video file, image folder, RealSense) and the capture thread."""
+"""Frame sources (Pi camera, V4L2, RTSP/HTTP, GStreamer, video file, image folder, RealSense; OAK-D in daemon/oakd.py)
+and the capture thread."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 
-from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig
+from daemon.config import SAMPLE_3D, SAMPLE_CLIP, SourceConfig, is_oakd
 from daemon.depth import PINHOLE_MODELS, DepthMap, Intrinsics, Registration
 from daemon.handoff import LatestSlot
 from daemon.redact import redact
@@ -428,6 +429,10 @@ def make_source(cfg: SourceConfig, uri: Optional[str] = None) -> Source:
         uri = str(SAMPLE_3D)
     if uri == "realsense" or uri.startswith("realsense:"):
         return RealSenseSource(uri.partition(":")[2], None, cfg.width, cfg.height, cfg.fps)
+    if is_oakd(uri):
+        from daemon.oakd import OakdSource  # depthai itself is imported only when the source opens
+
+        return OakdSource(uri.removeprefix("oakd").removeprefix("://"), cfg.width, cfg.height, cfg.fps, cfg.oakd)
     if uri.startswith("picamera2"):
         return Picamera2Source(cfg.width, cfg.height, cfg.fps)
     if "!" in uri:
