@@ -187,7 +187,7 @@ if [ "$mode" = dev ]; then
   # shellcheck disable=SC2086  # the list is words
   apt_install "what the tests need" $TEST_APT_PACKAGES
   dev_venv="${RIPEYE_DEV_VENV:-$here/.venv}"
-  make_venv "$dev_venv" plain -e "$here[dev,openvino,onnxruntime,ncnn,optimize,tracking,realsense]"
+  make_venv "$dev_venv" plain -e "$here[dev,openvino,onnxruntime,ncnn,optimize,tracking,realsense,oakd]"
   # pnnx's wheel lists torch (several GB) for a path we don't use; its ONNX→NCNN binary is self-contained.
   # supervision's wheel lists opencv-python, which would clobber the headless OpenCV the daemon uses.
   step "installing pnnx and supervision (without their dependencies)" \
