@@ -1,4 +1,4 @@
-"""The `ripeye` command line: run, detect, doctor, config check, train, eval, optimize, bench."""
+"""The `ripeye` command line: run, detect, doctor, config check, train, eval, compare, optimize, bench, ..."""
 
 from __future__ import annotations
 
@@ -405,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="mAP with pycocotools through the daemon's own pre/post-processing")
     evaluate.add_arguments(ev)
     ev.set_defaults(func=cmd_eval)
+
+    from daemon import compare
+
+    cp = sub.add_parser("compare", help="promotion report: current vs candidate model on each data set, latency, "
+                                        "INT8 gate; exits 1 when the candidate is worse")
+    compare.add_arguments(cp)
+    cp.set_defaults(func=compare.main)
 
     tr = sub.add_parser("train", help="train and export the model (needs the `train` extra)")
     train.add_arguments(tr)

@@ -37,6 +37,7 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
+from daemon import fielddata
 from daemon.config import DEFAULT_MODEL_DIR
 from daemon.fieldstore import PARTIAL, TRIGGERS
 
@@ -46,6 +47,7 @@ DEFAULT_TRIGGERS = tuple(t for t in TRIGGERS if t != "sample")
 HOLDOUT_TRIGGER = "sample"
 # labels.json fields kept with each exported image (the model's name and version are added as model_name/_version)
 SAMPLE_FIELDS = ("trigger", "reason", "note", "track_id", "arm_id", "which", "frame_id", "captured_at")
+OWN_PHOTOS = "the grower's own photos, taken by the device's camera (no public licence)"
 TOL_PX = 0.5  # how far a labelled box may reach past the image edge (rounding in the tools) before it is an error
 
 
@@ -538,7 +540,8 @@ def write_coco(records: list[Record], out: Path, split: str, classes: list[str],
 
 
 def import_labels(file: Path, fmt: str, out: Path, classes: list[str], images: Optional[Path] = None,
-                  split: str = "field", skip_bad: bool = False, err=None, say=print) -> int:
+                  split: str = "field", skip_bad: bool = False, err=None, say=print, source: str = "",
+                  licence: str = OWN_PHOTOS) -> int:
     err = err or sys.stderr
     if fmt not in IMPORT_FORMATS:
         print(f"ripeye dataset import: unknown format {fmt!r} (one of {', '.join(IMPORT_FORMATS)})", file=err)
@@ -567,6 +570,10 @@ def import_labels(file: Path, fmt: str, out: Path, classes: list[str], images: O
         print(f"ripeye dataset import: skipped {len(problems.lines)} bad record(s): {images_out} "
               f"{'task' if fmt == 'labelstudio' else 'image'}(s) left out, with all their boxes", file=err)
     path = write_coco(records, out, split, classes, file)
+    # where the photos came from and under what terms: `ripeye train` refuses a set without it, for the model card
+    provenance = {"name": out.resolve().name, "source": source or f"field capture, labelled in {file.name}",
+                  "licence": licence}
+    (out / fielddata.PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
     per_class = Counter(b[0] for r in records for b in r.boxes)
     say(f"imported {len(records)} image(s), {sum(per_class.values())} box(es) "
         f"({', '.join(f'{per_class[c]} {c}' for c in classes)}) into {path} (images in {out / split})")
@@ -594,7 +601,8 @@ def cmd_import(args) -> int:
         print(f"ripeye dataset import: cannot read the class names: {exc}", file=sys.stderr)
         return 2
     return import_labels(Path(args.file), args.format, Path(args.out), classes,
-                         Path(args.images) if args.images else None, args.split, args.skip_bad)
+                         Path(args.images) if args.images else None, args.split, args.skip_bad,
+                         source=args.source, licence=args.licence)
 
 
 def add_arguments(parser) -> None:
@@ -625,6 +633,9 @@ def add_arguments(parser) -> None:
     im.add_argument("--out", required=True, help="an empty or new folder: annotations/<split>.json and <split>/")
     im.add_argument("--split", default="field", help="the split's name (default: field)")
     im.add_argument("--classes", default=None, help=classes_help)
+    im.add_argument("--source", default="", help="where the photos come from (default: field capture, labelled in "
+                                                   "FILE); written to OUT/dataset.json for the model card")
+    im.add_argument("--licence", default=OWN_PHOTOS, help="the photos' licence (written to OUT/dataset.json)")
     im.add_argument("--skip-bad", action="store_true",
                     help="leave out each image with a bad record (said, and counted) instead of failing")
     im.set_defaults(func=cmd_import)

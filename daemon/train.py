@@ -12,10 +12,13 @@ from pathlib import Path
 
 import yaml
 
+from daemon import fielddata
 from daemon.durable import write_durably
 from daemon.model import SIZES_DIR
 from daemon.runtimes.base import usable_cores
 
+SOURCES_FILE = "sources.json"
+DEFAULT_DATA = "../shared/datasets/laboro-tomato-big"
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
 
@@ -152,6 +155,60 @@ def prepare_dataset(root: Path, work: Path, class_map: dict[str, str], splits=("
     return ds / "data.yaml"
 
 
+def add_field_sets(data_yaml: Path, roots: list[Path], work: Path, class_map: dict[str, str], holdout: float,
+                   seed: int, repeat: int = 1) -> list[dict]:
+    """Add field sets to a prepared dataset: each set's training part joins the training images (`repeat` times:
+    a few dozen field photos beside hundreds of base ones), its holdout is written to work/holdout/<name>/ for
+    `ripeye eval` and `ripeye compare`. Validation (best-epoch selection) stays the base valid split. Returns what
+    the model card records of each set: provenance, counts per part, the holdout's file names and where it is."""
+    data = yaml.safe_load(data_yaml.read_text())
+    ds = Path(data["path"])
+    train_dirs, records, names = [data["train"]], [], list(data["names"].values())
+    for root in roots:
+        part = fielddata.split_field_set(root, holdout, seed)
+        try:
+            field_map = fielddata.identity_or(class_map, part.train)
+        except ValueError as exc:
+            raise ValueError(f"--data {root}: {exc}") from exc
+        labels, _ = coco_to_yolo_labels(part.train, field_map)
+        tag = f"field-{part.name}"
+        img_dir, lbl_dir = ds / "images" / tag, ds / "labels" / tag
+        for folder in (img_dir, lbl_dir):
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+        for fname, lines in labels.items():
+            stem, ext = Path(fname).stem, Path(fname).suffix
+            for copy in range(max(1, repeat)):
+                name = stem if copy == 0 else f"{stem}__dup{copy}"
+                (img_dir / (name + ext)).symlink_to((part.images_dir[fname] / fname).resolve())
+                (lbl_dir / (name + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
+        train_dirs.append(f"images/{tag}")
+        holdout_json = fielddata.write_holdout(part, work / "holdout" / part.name)
+        records.append({**part.provenance, "role": "field", "dataset": dataset_fingerprint(root),
+                        "images_in_set": part.frames, "scenes": part.groups, "holdout_fraction": holdout,
+                        "repeat": repeat,
+                        **part.counts(), "holdout_images": [im["file_name"] for im in part.holdout["images"]],
+                        "holdout_json": str(holdout_json)})
+        print(f"field set {root}: {part.counts()['train']['images']} training image(s) (x{max(1, repeat)}), "
+              f"{part.counts()['holdout']['images']} held out in {holdout_json} ({part.groups} scenes)")
+    data["train"] = train_dirs if len(train_dirs) > 1 else train_dirs[0]
+    data["names"] = dict(enumerate(names))
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    return records
+
+
+def base_record(root: Path, class_map: dict[str, str]) -> dict:
+    """The base set as the model card records it: provenance and image/box counts per split."""
+    counts = {}
+    for split in ("train", "valid"):
+        coco = json.loads((root / "annotations" / f"{split}.json").read_text())
+        cats = {c["id"] for c in coco["categories"] if c["name"] in class_map}
+        counts[split] = {"images": len(coco["images"]),
+                         "boxes": sum(1 for a in coco["annotations"] if a["category_id"] in cats)}
+    return {**fielddata.read_provenance(root), "role": "base", **counts}
+
+
 def choose_calibration(coco: dict, class_map: dict[str, str], count: int = 100, seed: int = 0) -> list[str]:
     """Pick `count` training images stratified by class: rarest classes first so each is represented."""
     labels, names = coco_to_yolo_labels(coco, class_map)
@@ -198,10 +255,15 @@ def train(args) -> Path:
     if hasattr(torch_utils, "NUM_THREADS"):
         torch_utils.NUM_THREADS = threads
     class_map = parse_class_map(args.class_map)
-    data_yaml = prepare_dataset(Path(args.data), work, class_map, oversample=args.oversample,
+    data_yaml = prepare_dataset(base_data(args), work, class_map, oversample=args.oversample,
                                 oversample_factor=args.oversample_factor,
                                 polygons=bool(args.copy_paste))
+    sources = [base_record(base_data(args), class_map)] + add_field_sets(
+        data_yaml, [Path(p) for p in args.data[1:]], work, class_map, args.holdout, args.seed, args.field_repeat)
     run_dir = work / "runs" / args.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # export (maybe a later --skip-train call) records what this run trained on
+    write_durably(run_dir / SOURCES_FILE, json.dumps(sources, indent=1) + "\n")
     last = run_dir / "weights" / "last.pt"
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
@@ -361,7 +423,9 @@ def export(args) -> Path:
         "stride": int(max(model.model.stride)),
         "output_layout": "1x(4+nc)xN, boxes cx,cy,w,h in input pixels, class scores sigmoid-ed",
         "training": {
-            "dataset": dataset_fingerprint(Path(args.data)),
+            "dataset": dataset_fingerprint(base_data(args)),
+            # every set trained on: provenance (source, licence), counts per part, and each field set's holdout
+            "sources": training_sources(args),
             "class_map": parse_class_map(args.class_map),
             "settings": {k: train_args.get(k) for k in RECIPE_KEYS},
             # what Ultralytics' train_args do not hold: the class-balanced sampling, and the starting and teacher
@@ -370,7 +434,7 @@ def export(args) -> Path:
             "init": _init_reference(args.init),
             "distilled_from": ({**_init_reference(args.distill_from), "weight": args.distill_weight}
                                if args.distill_from else None),
-            "train_images_sha256": _annotations_hash(Path(args.data), "train"),
+            "train_images_sha256": _annotations_hash(base_data(args), "train"),
             # the shipped weights are the mean of the run's last N epochs (stochastic weight averaging)
             "averaged_last_epochs": getattr(args, "average_last", None),
         },
@@ -429,7 +493,7 @@ def _annotations_hash(root: Path, split: str) -> str | None:
 
 
 def write_calibration_list(args) -> Path:
-    coco = json.loads((Path(args.data) / "annotations" / "train.json").read_text())
+    coco = json.loads((base_data(args) / "annotations" / "train.json").read_text())
     chosen = choose_calibration(coco, parse_class_map(args.class_map), args.calib_count, args.seed)
     out = Path(args.out) / "calibration.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +505,12 @@ def write_calibration_list(args) -> Path:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--data", default="../shared/datasets/laboro-tomato-big", help="COCO dataset root")
+    p.add_argument("--data", action="append", default=None,
+                   help="COCO dataset root; give it again for field sets (`ripeye dataset import` output), which "
+                        "join training minus a held-out part (default: ../shared/datasets/laboro-tomato-big)")
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="fraction of each field set held out, by near-duplicate scene, never trained or selected on")
+    p.add_argument("--field-repeat", type=int, default=1, help="copies of each field training image per epoch")
     p.add_argument("--work", default=str(Path.home() / "ripeye-train"), help="work dir outside the repo")
     p.add_argument("--class-map", default=None, help="SRC=DST,... (default: Laboro Tomato → ripe,half_ripe,unripe)")
     p.add_argument("--name", default="tomato-yolo11n")
@@ -493,12 +562,27 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")
 
 
+def training_sources(args) -> list[dict]:
+    """What the run trained on (written by train()); a run trained before field sets existed: the base set."""
+    path = Path(args.work).resolve() / "runs" / args.name / SOURCES_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return [base_record(base_data(args), parse_class_map(args.class_map))]
+
+
+def base_data(args) -> Path:
+    """The base dataset (the first --data): its train split, valid split (selection) and calibration images."""
+    data = args.data if isinstance(args.data, list) else [args.data] if args.data else []
+    return Path(data[0] if data else DEFAULT_DATA)
+
+
 def export_folder(args) -> Path:
     """Where the stage is exported: --out, else a staging folder beside the run, outside the repo."""
     return Path(args.out) if args.out else Path(args.work) / "exports" / args.name
 
 
 def main(args) -> int:
+    args.data = args.data or [DEFAULT_DATA]
     args.out = str(export_folder(args))
     if not args.skip_train:
         train(args)
