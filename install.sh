@@ -8,6 +8,7 @@ mode=""
 root="${DESTDIR:-}"
 prefix="/opt/ripeye"
 with_mosquitto=0
+with_labelstudio=0
 uninstall=0
 purge=0
 extra=""
@@ -16,6 +17,10 @@ python="${PYTHON:-python3}"
 pip_index_args=()  # --extra-index-url: sudo resets the environment, so an exported PIP_EXTRA_INDEX_URL is lost
 hw_root="${RIPEYE_HW_ROOT:-}"  # tests stand in a board's /proc, /sys and /etc here (tests/fixtures/hardware)
 SUPERVISION_VERSION=0.27.0  # still ships ByteTrack (later releases moved trackers to another package)
+# The labelling tool tests/test_labelstudio.py runs (./install.sh --dev --labelstudio), in its own venv: its
+# pins (numpy, OpenCV) would downgrade ours. The SDK is the one this Label Studio release pins.
+LABEL_STUDIO_VERSION=1.23.2
+LABEL_STUDIO_SDK_VERSION=2.1.2
 
 usage() {
   cat <<USAGE
@@ -23,6 +28,8 @@ usage: ./install.sh --dev | --service [--mosquitto] [--prefix DIR] [--root DIR] 
                    [--extra-index-url URL]... [--instance NAME]...
        ./install.sh --uninstall [--purge] [--prefix DIR] [--root DIR]
   --dev         create .venv/ here with everything the tests need (installs mosquitto when missing)
+  --labelstudio with --dev: also Label Studio $LABEL_STUDIO_VERSION in .venv-labelstudio/ (about 1 GB), for
+                tests/test_labelstudio.py (without it that test is skipped); CI installs it
   --service     install to PREFIX, create the ripeye user, install config and the systemd units (ripeye.service
                 and the per-camera template ripeye@.service), enable ripeye.service
   --instance NAME
@@ -44,6 +51,7 @@ while [ $# -gt 0 ]; do
     --dev) mode=dev ;;
     --service) mode=service ;;
     --mosquitto) with_mosquitto=1 ;;
+    --labelstudio) with_labelstudio=1 ;;
     --prefix) prefix="$2"; shift ;;
     --root) root="$2"; shift ;;
     --extra) extra="$2"; shift ;;
@@ -183,6 +191,29 @@ make_venv() {  # $1 = venv dir, $2 = "system" to see the system site-packages, t
     "$venv/bin/python" -m pip install "${pip_index_args[@]}" "${pin_args[@]}" "$@"
 }
 
+if [ "$with_labelstudio" = 1 ] && [ "$mode" != dev ]; then echo "install.sh: --labelstudio goes with --dev" >&2; exit 2; fi
+
+# Label Studio in its own venv, and its database migrated once into a template beside it: migrating a fresh SQLite
+# takes minutes, so the test starts from a copy of it (and migrates from scratch when it is missing).
+install_labelstudio() {
+  local ls_venv="${RIPEYE_LABELSTUDIO_VENV:-$here/.venv-labelstudio}" template migrate_dir
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    log "FAILED: Label Studio $LABEL_STUDIO_VERSION needs Python 3.10 or newer; set PYTHON=python3.11 (or newer)"
+    exit 1
+  fi
+  make_venv "$ls_venv" plain "label-studio==$LABEL_STUDIO_VERSION" "label-studio-sdk==$LABEL_STUDIO_SDK_VERSION"
+  template="$ls_venv/ripeye-empty-$LABEL_STUDIO_VERSION.sqlite3"
+  if [ ! -s "$template" ]; then
+    migrate_dir="$(mktemp -d)"
+    # `label-studio user` migrates the database, then looks a user up (none: it says so) and exits
+    step "migrating an empty Label Studio database (the test's template; minutes)" \
+      env LATEST_VERSION_CHECK=false "$ls_venv/bin/label-studio" user --data-dir "$migrate_dir" --username none
+    cp "$migrate_dir/label_studio.sqlite3" "$template.part" && mv "$template.part" "$template"
+    rm -rf "$migrate_dir"
+  fi
+  log "Label Studio $LABEL_STUDIO_VERSION in $ls_venv ($(du -sm "$ls_venv" | cut -f1) MB)"
+}
+
 if [ "$mode" = dev ]; then
   # shellcheck disable=SC2086  # the list is words
   apt_install "what the tests need" $TEST_APT_PACKAGES
@@ -192,6 +223,7 @@ if [ "$mode" = dev ]; then
   # supervision's wheel lists opencv-python, which would clobber the headless OpenCV the daemon uses.
   step "installing pnnx and supervision (without their dependencies)" \
     "$dev_venv/bin/python" -m pip install "${pip_index_args[@]}" --no-deps pnnx "supervision==$SUPERVISION_VERSION"
+  if [ "$with_labelstudio" = 1 ]; then install_labelstudio; fi
   log "done: activate with 'source .venv/bin/activate'; run the tests with '.venv/bin/python -m pytest'"
   exit 0
 fi
