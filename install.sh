@@ -24,7 +24,7 @@ LABEL_STUDIO_SDK_VERSION=2.1.2
 
 usage() {
   cat <<USAGE
-usage: ./install.sh --dev | --service [--mosquitto] [--prefix DIR] [--root DIR] [--extra NAME]
+usage: ./install.sh --dev | --service [--mosquitto] [--prefix DIR] [--root DIR] [--extra NAME[,NAME]]
                    [--extra-index-url URL]... [--instance NAME]...
        ./install.sh --uninstall [--purge] [--prefix DIR] [--root DIR]
   --dev         create .venv/ here with everything the tests need (installs mosquitto when missing)
@@ -38,7 +38,8 @@ usage: ./install.sh --dev | --service [--mosquitto] [--prefix DIR] [--root DIR] 
   --mosquitto   also install a local mosquitto broker (always on with --dev)
   --prefix DIR  install location for --service (default /opt/ripeye)
   --root DIR    install into DIR as a staging root (DESTDIR); no users, apt or systemctl are touched
-  --extra NAME  runtime extra to install (default: detected: openvino on x86, ncnn on ARM, jetson on Jetson)
+  --extra NAME  runtime extra to install (default: detected: openvino on x86, ncnn on ARM, jetson on Jetson);
+                several comma-separated, e.g. ncnn,oakd for an OAK-D depth camera on a Pi
   --extra-index-url URL
                 another package index for pip (repeatable), e.g. NVIDIA's Jetson index for onnxruntime-gpu;
                 use this rather than PIP_EXTRA_INDEX_URL, which 'sudo' drops
@@ -280,7 +281,7 @@ case "$board" in
   jetson)
     # JetPack's own OpenCV is built with GStreamer (nvarguscamerasrc); pip's headless OpenCV has none.
     venv_kind=system
-    if [ "$extra" = jetson ] && [ ${#pip_index_args[@]} -eq 0 ] && [ -z "${PIP_EXTRA_INDEX_URL:-}" ]; then
+    if [[ ",$extra," == *,jetson,* ]] && [ ${#pip_index_args[@]} -eq 0 ] && [ -z "${PIP_EXTRA_INDEX_URL:-}" ]; then
       log "note: PyPI has no aarch64 onnxruntime-gpu for JetPack; pass --extra-index-url with NVIDIA's Jetson"
       log "      index for your JetPack (see README, Jetson), or doctor will report inference on the CPU"
     fi ;;

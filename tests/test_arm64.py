@@ -1,5 +1,6 @@
-"""The Raspberry Pi OS path on arm64, emulated (qemu-user): `install.sh --service` in a Debian bookworm arm64 root
-(Raspberry Pi OS Bookworm's base) with apt's picamera2 stood in, then NCNN detections compared with x86's.
+"""The Raspberry Pi OS path on arm64, emulated (qemu-user): `install.sh --service --extra ncnn,oakd` in a Debian
+bookworm arm64 root (Raspberry Pi OS Bookworm's base) with apt's picamera2 stood in, then NCNN detections compared
+with x86's, and the OAK-D source's depthai (aarch64 wheel) imported, its pipeline built and a device looked for.
 
 Functional only, never timed (emulation is ~50x slower). The root and the aarch64 wheels are built once by
 `.ci/arm64-root` into RIPEYE_CI_CACHE (default /var/cache/ripeye-ci); each run works on an overlay of that root, so
@@ -52,13 +53,31 @@ mount --bind "$board/proc/cpuinfo" "$m/proc/cpuinfo"
 mount --bind /dev "$m/dev"
 export QEMU_CPU=cortex-a76 PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels PIP_DISABLE_PIP_VERSION_CHECK=1 CI=true
 export RIPEYE_INSTALL_LOG=/work/install.log
-chroot "$m" /usr/bin/env -C /work/src bash ./install.sh --service --root /staging --extra ncnn
+chroot "$m" /usr/bin/env -C /work/src bash ./install.sh --service --root /staging --extra ncnn,oakd
 py=/staging/opt/ripeye/venv/bin/python
 chroot "$m" "$py" -c 'import picamera2, ncnn; print("imports ok")'
+chroot "$m" "$py" /work/oakd_check.py
 chroot "$m" /usr/bin/env -C /work "$py" -m daemon detect --backend ncnn --precision fp16 --threads 2 --json \
   --model /staging/opt/ripeye/app/models/tomato-yolo11n photos > "$work/in/arm64.jsonl"
 chroot "$m" /usr/bin/env -C /work "$py" -m daemon doctor --config /staging/etc/ripeye/ripeye.yaml \
   > "$work/in/doctor.txt" || true
+'''
+
+
+# The OAK-D source on aarch64: depthai's wheel imports, the pipeline daemon/oakd.py boots is built (no device needed),
+# and opening the source looks for a device and says none is there (no USB device in the emulated root).
+OAKD_CHECK = '''
+import depthai
+from daemon import oakd
+from daemon.capture import SourceError, make_source
+from daemon.config import SourceConfig
+pipeline = oakd.build_pipeline(depthai, 640, 360, 30.0)
+nodes = pipeline.serializeToJson()["pipeline"]["nodes"]
+print("oakd pipeline", depthai.__version__, sorted(n["name"] for _, n in nodes))
+try:
+    make_source(SourceConfig(uri="oakd")).open()
+except SourceError as exc:
+    print("oakd open:", exc)
 '''
 
 
@@ -92,11 +111,15 @@ def test_pi_service_install_imports_picamera2_and_ncnn_matches_x86(tmp_path):
         cv2.imwrite(str(photos / f"photo{i}.jpg"), image)
     video.release()
     (tmp_path / "picamera2.py").write_text(PICAMERA2_STANDIN)
+    (tmp_path / "in" / "oakd_check.py").write_text(OAKD_CHECK)
     r = subprocess.run(["unshare", "-m", "bash", "-c", SCRIPT, "bash", str(tmp_path), str(ROOTFS), str(WHEELS),
                         str(BOARD)], capture_output=True, text=True, timeout=1200)
     log = tmp_path / "in" / "install.log"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
-    assert "board: pi; runtime extra: ncnn" in r.stdout and "imports ok" in r.stdout
+    assert "board: pi; runtime extra: ncnn,oakd" in r.stdout and "imports ok" in r.stdout
+    assert ("oakd pipeline 2.29.0.0 ['ColorCamera', 'MonoCamera', 'MonoCamera', 'StereoDepth', 'Sync', 'XLinkOut']"
+            in r.stdout), r.stdout[-3000:]
+    assert "oakd open: cannot start OAK-D (first) 640x360: No available devices" in r.stdout, r.stdout[-3000:]
     doctor = (tmp_path / "in" / "doctor.txt").read_text()
     assert "hardware: raspberry-pi" in doctor and "ncnn" in doctor, doctor
 
