@@ -317,6 +317,12 @@ for name in "${instances[@]}"; do
   install_config "$name.yaml" "/var/lib/ripeye/$name"
   mkdir -p "$state/$name"
 done
+# USB depth cameras (RealSense, OAK-D): their /dev/bus/usb nodes to the video group
+mkdir -p "$root/etc/udev/rules.d"
+cp "$here/systemd/99-ripeye-depth-cameras.rules" "$root/etc/udev/rules.d/"
+if [ -z "$root" ] && command -v udevadm >/dev/null 2>&1 && [ -d /run/udev ]; then
+  udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || log "udev reload failed: replug the camera"
+fi
 for unit in ripeye.service ripeye@.service; do
   sed "s#/opt/ripeye#$prefix#g" "$here/systemd/$unit" > "$unit_dir/$unit"
   if [ "$board" = jetson ]; then write_jetson_dropin "$unit_dir/$unit.d"; fi

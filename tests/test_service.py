@@ -105,8 +105,32 @@ def test_unit_lets_the_boards_cameras_and_gpus_through():
     dma_heap and the V4L2/media nodes are allowed, and Jetson's argus socket reaches the private /tmp."""
     rules = re.findall(r"^DeviceAllow=(\S+) (\S+)$", UNIT.read_text(), re.M)
     assert rules and all(target.startswith(("char-", "block-")) for target, _ in rules), rules
-    assert {t for t, _ in rules} >= {"char-dma_heap", "char-video4linux", "char-media"}
+    assert {t for t, _ in rules} >= {"char-dma_heap", "char-video4linux", "char-media", "char-usb_device"}
     assert "BindPaths=-/tmp/argus_socket" in UNIT.read_text().splitlines()
+
+
+def test_udev_rule_gives_the_video_group_the_depth_cameras_only():
+    """libusb opens /dev/bus/usb/* (root-only by default): the rule hands the service's video group OAK devices
+    (booted and bootloader ids) and RealSense D4xx/L5xx ids, not other Intel USB devices. A real board must confirm
+    the camera opens under the service after a replug."""
+    import fnmatch
+
+    rules = [line for line in (REPO / "systemd" / "99-ripeye-depth-cameras.rules").read_text().splitlines()
+             if line and not line.startswith("#")]
+
+    def granted(vendor: str, product: str) -> bool:
+        for line in rules:
+            attrs = dict(re.findall(r'ATTRS\{(\w+)\}=="([^"]+)"', line))
+            assert 'MODE="0660"' in line and 'GROUP="video"' in line and 'SUBSYSTEM=="usb"' in line
+            if attrs["idVendor"] == vendor and any(fnmatch.fnmatch(product, pat)
+                                                   for pat in attrs.get("idProduct", "*").split("|")):
+                return True
+        return False
+
+    assert all(granted("03e7", p) for p in ("2485", "f63b"))  # OAK: bootloader, booted
+    # D415, D435, D435i, D405, D455, L515
+    assert all(granted("8086", p) for p in ("0ad3", "0b07", "0b3a", "0b5b", "0b5c", "0b64"))
+    assert not any(granted("8086", p) for p in ("0026", "0aaa", "0a2b", "1234"))  # Intel Bluetooth and others
 
 
 @pytest.mark.slow
@@ -123,6 +147,7 @@ def test_install_sh_into_a_staging_root(tmp_path):
     data = yaml.safe_load(cfg_file.read_text())
     assert data["model"]["path"] == "/opt/ripeye/app/models/tomato-yolo11n" and data["state_dir"] == "/var/lib/ripeye"
     unit = (root / "etc/systemd/system/ripeye.service").read_text()
+    assert (root / "etc/udev/rules.d/99-ripeye-depth-cameras.rules").is_file()
     assert "ExecStart=/opt/ripeye/venv/bin/ripeye run --config /etc/ripeye/ripeye.yaml" in unit
     assert (root / "opt/ripeye/app/models/tomato-yolo11n/model.onnx").is_file()
     # the installed daemon runs (without torch) and checks its own installed config
