@@ -174,14 +174,35 @@ def label(work: Path) -> None:
           f"{work / 'train'} --out {work / 'candidate'} ...")
 
 
+def clean_photos_of(holdout: Path, out: Path) -> Path:
+    """The base valid split cut to the photos behind the field holdout, in daylight: photos no training step saw in
+    any light (the field training photos' daylight versions are in base valid, so its full figure flatters a
+    candidate trained on them under the lamp)."""
+    photos = {im["source_photo"] for im in json.loads(holdout.read_text())["images"]}
+    coco = json.loads((BASE / "annotations" / "valid.json").read_text())
+    images = [im for im in coco["images"] if im["file_name"] in photos]
+    ids = {im["id"] for im in images}
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "valid").mkdir(exist_ok=True)
+    for im in images:
+        link = out / "valid" / im["file_name"]
+        if not link.exists():
+            link.symlink_to(BASE / "valid" / im["file_name"])
+    path = out / "annotations" / "valid.json"
+    path.write_text(json.dumps({**coco, "images": images,
+                                "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}) + "\n")
+    return path
+
+
 def figures(work: Path, candidate: Path, current: Path, out: Path | None, tolerance: float) -> int:
     """`ripeye compare` on the base valid split and the field holdout, with the capture and label counts."""
     sources = json.loads((candidate / "metadata.json").read_text())["training"]["sources"]
     holdout = next(s["holdout_json"] for s in sources if s.get("role") == "field")
+    unseen = clean_photos_of(Path(holdout), work / "base-unseen")
     report = work / "compare.json"
     cmd = [sys.executable, "-m", "daemon", "compare", str(current), str(candidate),
            "--data", f"base valid={BASE / 'annotations' / 'valid.json'}", "--data", f"field holdout={holdout}",
-           "--tolerance", str(tolerance), "--json", str(report)]
+           "--data", f"base valid, holdout photos={unseen}", "--tolerance", str(tolerance), "--json", str(report)]
     rc = subprocess.run(cmd, cwd=REPO).returncode
     result = {"machine": os.uname().nodename, "command": " ".join(sys.argv), "compare_command": " ".join(cmd[2:]),
               "compare_exit": rc, "run": json.loads((work / "run_stats.json").read_text()).get("capture"),

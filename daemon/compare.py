@@ -146,12 +146,13 @@ def print_report(report: dict, out=None) -> None:
     for label, r in report["results"].items():
         a, b = r["current"], r["candidate"]
         print(f"\n{label} ({r['images']} images, {r['data']})", file=out)
-        print(f"  {'':12s} {'current':>8s} {'candidate':>9s} {'points':>7s}", file=out)
+        width = max(12, *(len(c) + 5 for c in a["per_class"]))
+        print(f"  {'':{width}s} {'current':>8s} {'candidate':>9s} {'points':>7s}", file=out)
         for m in METRICS:
-            print(f"  {m:12s} {a[m]:8.4f} {b[m]:9.4f} {_points(a[m], b[m]):>7s}", file=out)
+            print(f"  {m:{width}s} {a[m]:8.4f} {b[m]:9.4f} {_points(a[m], b[m]):>7s}", file=out)
         for cls in a["per_class"]:
             x, y = a["per_class"][cls]["AP50"], b["per_class"].get(cls, {}).get("AP50", 0.0)
-            print(f"  {cls + ' AP50':12s} {x:8.4f} {y:9.4f} {_points(x, y):>7s}", file=out)
+            print(f"  {cls + ' AP50':{width}s} {x:8.4f} {y:9.4f} {_points(x, y):>7s}", file=out)
     lat = report["latency_ms_median"]
     if lat:
         print(f"\nlatency on this machine (median ms a frame, {cur['runtime']}): current {lat['current']}, "
