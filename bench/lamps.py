@@ -42,3 +42,11 @@ def cast(image_bgr: np.ndarray, lamp: str, strength: float = 1.0) -> np.ndarray:
     lit *= before / max(after, 1e-6)  # auto exposure keeps the mean luminance
     out = linear_to_srgb(lit)[..., ::-1]
     return np.round(out * 255.0).astype(np.uint8)
+
+
+def grey_world(image_bgr: np.ndarray) -> np.ndarray:
+    """A camera-like automatic white balance: each channel scaled in linear light so the frame's mean is grey."""
+    lin = srgb_to_linear(image_bgr.astype(np.float32) / 255.0)
+    means = lin.reshape(-1, 3).mean(axis=0)
+    gains = means.mean() / np.maximum(means, 1e-6)
+    return np.round(linear_to_srgb(lin * gains) * 255.0).astype(np.uint8)
