@@ -212,21 +212,26 @@ class ModelLifecycle:
         return {"accepted": True, "sha256": sha, "bytes": length, "activate": activate}
 
     def _install_job(self, url: str, sha: str, activate: bool) -> None:
-        try:
+        final = None  # the outcome's event, announced once the install slot is free: a client acting on it at once
+        try:  # (the next install, a rollback) must not be told that this one is still running
             self._event("installing", url=url, sha256=sha)
             folder, info = self.install(url, sha)
-            self._event("installed", version=info.version, path=str(folder))
             if activate:
+                self._event("installed", version=info.version, path=str(folder))
                 report, cand = self.shadow(folder)
                 self._event("shadowed", version=info.version, **report)
-                self.switch(folder, info.version, f"install from {url}", cand)
+                final = self.switch(folder, info.version, f"install from {url}", cand, announce=False)
+            else:
+                final = {"event": "installed", "version": info.version, "path": str(folder)}
         except Exception as exc:  # every refusal: one clear error, the running model untouched
             msg = str(exc) if isinstance(exc, (CommandError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
             self.d.report_error("model", f"install of {url} refused: {msg}; still running "
                                          f"{self.describe()['active']['version'] if self.d.detector else 'nothing'}")
-            self._event("refused", url=url, error=msg)
+            final = {"event": "refused", "url": url, "error": msg}
         finally:
             self.busy.release()
+        if final:
+            self._event(final.pop("event"), **final)
 
     def install(self, url: str, sha: str) -> tuple[Path, object]:
         """Download (resumable), check the hash, verify signature and content, check it fits this device's model,
@@ -364,7 +369,9 @@ class ModelLifecycle:
         write_durably(file, yaml.safe_dump(persisted))
         return True
 
-    def switch(self, folder: Path, version: str, why: str, preloaded=None) -> None:
+    def switch(self, folder: Path, version: str, why: str, preloaded=None, announce: bool = True) -> Optional[dict]:
+        """Swap the model in (the shadow-loaded candidate when given) and start its probation; the `switched` event
+        is published here, or returned for the caller to publish with `announce=False`."""
         old = self.describe()["active"]
         if not self._use(str(folder), preloaded):
             raise CommandError(f"model {version} would not load on the running backend; still running "
@@ -379,7 +386,11 @@ class ModelLifecycle:
                               "until": round(now + self.d.cfg.model.probation_s, 3),
                               "baseline_ripe_per_min": round(baseline, 1) if baseline is not None else None,
                               "failures_at_switch": self.inference_failures}
-        self._event("switched", version=version, previous=old["version"] if old else None, why=why)
+        event = {"event": "switched", "version": version, "previous": old["version"] if old else None, "why": why}
+        if not announce:
+            return event
+        self._event(event.pop("event"), **event)
+        return None
 
     def rollback(self, why: str) -> None:
         previous = self.state.get("previous")
