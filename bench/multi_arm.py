@@ -84,9 +84,16 @@ def run(arms: int, seconds: float, workdir: Path, port: int | None = None, kill_
                 if len(pickers) < len(ids) and now - started < seconds / 2:
                     continue  # every arm has worked before one is killed (a slow start must not leave one idle)
                 with lock:  # an arm granted a claim in the last 0.5 s is cutting now (picks take pick_time_s)
-                    fresh = [(s.split("/")[1], b["track_id"]) for t, s, b in got if now - t < 0.5
+                    fresh = [(t, s.split("/")[1], b["track_id"]) for t, s, b in got if now - t < 0.5
                              and s.startswith("arm/") and s.endswith("/result") and s.split("/")[1] in ids
                              and b.get("action") == "claim" and b.get("granted") and not b.get("duplicate")]
+                    # ... and still holds it: not withdrawn by a scene cut, offered again or reported since the grant
+                    # (a claim that ended before the kill leaves the last will nothing to release)
+                    fresh = [(arm, tid) for granted_at, arm, tid in fresh
+                             if not any(t > granted_at and b.get("track_id") == tid
+                                        and ((s == "targets" and b.get("state") in ("available", "lost"))
+                                             or s.endswith(("picked/result", "failed/result")))
+                                        for t, s, b in got)]
                 if fresh and pick_time_s > 0.5:
                     victim, held = fresh[-1]
                     procs[victim].send_signal(signal.SIGKILL)  # killed mid-cut: its claim must not outlive it
