@@ -1,7 +1,7 @@
 """The field loop on a simulated new greenhouse: capture on the device, label, retrain, compare (issue 28, item 6).
 
 The "new greenhouse" is the base set's validation photos as a daylight-balanced camera sees them under
-high-pressure sodium lamps (bench/lamps.py): the shipped model was never trained on them and never selected on
+high-pressure sodium lamps (daemon/lamps.py): the shipped model was never trained on them and never selected on
 anything lit like them. Steps (each reads the previous one's output under --work):
 
     build    the lamp-lit photos, their ground truth in the model's class names, and a clip that shows each photo
@@ -37,14 +37,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from lamps import cast  # noqa: E402
 from local_broker import start_broker  # noqa: E402
+
+from daemon.lamps import cast  # noqa: E402
 
 BASE = REPO.parent / "shared" / "datasets" / "laboro-tomato-big"
 CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 CLASSES = ["ripe", "half_ripe", "unripe"]
 LAMP_SOURCE = ("Laboro Tomato validation photos (Laboro.AI, via Roboflow big_tomatoes_dataset v2) re-lit as under "
-               "high-pressure sodium lamps by bench/lamps.py")
+               "high-pressure sodium lamps by daemon/lamps.py")
 LAMP_LICENCE = "CC BY-NC-SA 4.0 (Laboro Tomato, Laboro.AI): non-commercial, attribution, share alike"
 
 

@@ -4,7 +4,7 @@ white balance, through the daemon's own pre- and post-processing (issue 30, item
     .venv/bin/python bench/lighting.py models/tomato-yolo11n \\
         --data ../shared/datasets/laboro-tomato-big/annotations/valid.json --out bench/results/lighting-v3-valid.json
 
-Each condition is every photo of the set under one lamp (bench/lamps.py) at one strength; "clean" is the photos as
+Each condition is every photo of the set under one lamp (daemon/lamps.py) at one strength; "clean" is the photos as
 they are. Per-class AP50 is reported because ripeness is a colour judgement: a lamp can leave the boxes found and
 still swap the classes.
 """
@@ -23,10 +23,9 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from lamps import LAMPS, cast, grey_world  # noqa: E402
-
 from daemon import evaluate  # noqa: E402
 from daemon.detector import load_detector  # noqa: E402
+from daemon.lamps import LAMPS, cast, grey_world  # noqa: E402
 from daemon.runtimes.base import RuntimeOptions  # noqa: E402
 from daemon.train import parse_class_map  # noqa: E402
 

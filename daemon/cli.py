@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from daemon import dataset
 
-    dataset.add_arguments(sub.add_parser("dataset", help="field captures → a labelling tool and back"))
+    dataset.add_arguments(sub.add_parser("dataset", help="field captures → a labelling tool and back; a test split"))
     return p
 
 

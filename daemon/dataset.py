@@ -639,3 +639,7 @@ def add_arguments(parser) -> None:
     im.add_argument("--skip-bad", action="store_true",
                     help="leave out each image with a bad record (said, and counted) instead of failing")
     im.set_defaults(func=cmd_import)
+
+    from daemon import testsplit
+
+    testsplit.add_arguments(sub)

@@ -18,6 +18,7 @@ from daemon.model import SIZES_DIR
 from daemon.runtimes.base import usable_cores
 
 SOURCES_FILE = "sources.json"
+AUGMENT_FILE = "augment.json"  # the run's own augmentations (lamp casts, close-ups): a resumed run applies them too
 DEFAULT_DATA = "../shared/datasets/laboro-tomato-big"
 DEFAULT_CLASS_MAP = {"b_fully_ripened": "ripe", "b_half_ripened": "half_ripe", "b_green": "unripe"}
 
@@ -198,6 +199,94 @@ def add_field_sets(data_yaml: Path, roots: list[Path], work: Path, class_map: di
     return records
 
 
+def add_closeups(data_yaml: Path, root: Path, class_map: dict[str, str], per_photo: float, seed: int,
+                 fractions: tuple[float, float] = (0.25, 0.95)) -> dict:
+    """Add zoom-in crops of the base training photos as extra training images (work/dataset/images/closeups):
+    about `per_photo` crops per photo, each around one fruit at least 48 px wide that spans a random share of the
+    window's width in `fractions`, at a random camera aspect (daemon/closeups.py); neighbours keep clipped boxes
+    when half of them is inside. Returns the record the model card keeps (counts per class of the targets)."""
+    import cv2
+    import numpy as np
+
+    from daemon import closeups
+
+    data = yaml.safe_load(data_yaml.read_text())
+    ds = Path(data["path"])
+    coco = json.loads((root / "annotations" / "train.json").read_text())
+    names = list(dict.fromkeys(class_map.values()))
+    cat_to_id = {c["id"]: names.index(class_map[c["name"]]) for c in coco["categories"] if c["name"] in class_map}
+    per_image: dict[str, list] = {im["file_name"]: [] for im in coco["images"]}
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in coco["images"]}
+    by_id = {im["id"]: im["file_name"] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        if ann["category_id"] in cat_to_id:
+            x, y, w, h = ann["bbox"]
+            per_image[by_id[ann["image_id"]]].append((cat_to_id[ann["category_id"]], (x, y, x + w, y + h)))
+    count = int(round(per_photo * len(per_image)))
+    targets = closeups.pick_targets(per_image, count, seed, min_width=48.0, per_photo=max(1, int(per_photo) + 1))
+    img_dir, lbl_dir = ds / "images" / "closeups", ds / "labels" / "closeups"
+    for folder in (img_dir, lbl_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    made: dict[str, int] = {}
+    for n, (name, idx) in enumerate(targets):
+        cls, box = per_image[name][idx]
+        lo, hi = closeups.fraction_range(box[2] - box[0], *fractions, min_side=64)
+        window = None
+        for _ in range(20):  # a window of that share and aspect may not fit the photo: draw again
+            if lo > hi:
+                break
+            window = closeups.window_around(box, *sizes[name], rng.uniform(lo, hi), rng.choice(closeups.ASPECTS), rng)
+            if window is not None:
+                break
+        if window is None:
+            continue
+        image = cv2.imread(str(root / "train" / name))
+        if image is None:
+            raise ValueError(f"{root / 'train' / name}: cannot read the photo")
+        boxes = np.array([b for _, b in per_image[name]], dtype=np.float64)
+        moved, keep = closeups.boxes_in_window(boxes, window)
+        stem = f"{Path(name).stem}__closeup{n}"
+        cv2.imwrite(str(img_dir / f"{stem}.jpg"), closeups.crop(image, window), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        lines = []
+        for (x1, y1, x2, y2), k in zip(moved, keep):
+            c = per_image[name][k][0]
+            lines.append(f"{c} {(x1 + x2) / 2 / window.width:.6f} {(y1 + y2) / 2 / window.height:.6f} "
+                         f"{(x2 - x1) / window.width:.6f} {(y2 - y1) / window.height:.6f}")
+        (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+        made[names[cls]] = made.get(names[cls], 0) + 1
+    train_dirs = data["train"] if isinstance(data["train"], list) else [data["train"]]
+    data["train"] = train_dirs + ["images/closeups"]
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    print(f"close-ups: {sum(made.values())} crops of training photos ({made})")
+    return {"per_photo": per_photo, "width_fractions": list(fractions), "crops": sum(made.values()),
+            "targets_per_class": made}
+
+
+def apply_lamp_augment(settings: dict | None) -> None:
+    """Make Ultralytics' training datasets cast lamps (daemon/lamps.py) on their augmented images, just before the
+    final formatting; validation images stay as photographed. A no-op without settings or with p = 0."""
+    if not settings or not settings.get("p"):
+        return
+    from ultralytics.data import dataset as ul_dataset
+
+    from daemon.lamps import LampAugment
+
+    original = getattr(ul_dataset.YOLODataset.build_transforms, "__wrapped__", ul_dataset.YOLODataset.build_transforms)
+
+    def build_transforms(self, hyp):
+        transforms = original(self, hyp)
+        if self.augment:  # the final transform formats labels into tensors: cast before it
+            transforms.insert(len(transforms.transforms) - 1, LampAugment(settings["p"], settings["max_strength"],
+                                                                          settings["balance_p"]))
+        return transforms
+
+    build_transforms.__wrapped__ = original
+    ul_dataset.YOLODataset.build_transforms = build_transforms
+
+
 def base_record(root: Path, class_map: dict[str, str]) -> dict:
     """The base set as the model card records it: provenance and image/box counts per split."""
     counts = {}
@@ -262,9 +351,21 @@ def train(args) -> Path:
         data_yaml, [Path(p) for p in args.data[1:]], work, class_map, args.holdout, args.seed, args.field_repeat)
     run_dir = work / "runs" / args.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "weights" / "last.pt"
+    augment_path = run_dir / AUGMENT_FILE
+    if last.exists() and not args.restart and augment_path.is_file():
+        augment = json.loads(augment_path.read_text())  # a resumed run keeps the augmentations it started with
+    else:
+        augment = {"lamps": ({"p": args.lamp_p, "max_strength": args.lamp_max_strength,
+                              "balance_p": args.lamp_balance_p} if args.lamp_p else None),
+                   "closeups": {"per_photo": args.closeups} if args.closeups else None}
+    if augment.get("closeups"):  # the crops are drawn from the seed: a resumed run gets the same ones back
+        augment["closeups"] = add_closeups(data_yaml, base_data(args), class_map, augment["closeups"]["per_photo"],
+                                           args.seed)
     # export (maybe a later --skip-train call) records what this run trained on
     write_durably(run_dir / SOURCES_FILE, json.dumps(sources, indent=1) + "\n")
-    last = run_dir / "weights" / "last.pt"
+    write_durably(augment_path, json.dumps(augment, indent=1) + "\n")
+    apply_lamp_augment(augment.get("lamps"))
     device = args.device or ("0" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
     state = None
@@ -437,6 +538,8 @@ def export(args) -> Path:
             "train_images_sha256": _annotations_hash(base_data(args), "train"),
             # the shipped weights are the mean of the run's last N epochs (stochastic weight averaging)
             "averaged_last_epochs": getattr(args, "average_last", None),
+            # lamp casts on training images and zoom-in crops of training photos (daemon/lamps.py, closeups.py)
+            "augment": run_augment(args),
         },
         "sources": {"model.pt": sha256(out / "model.pt"), "model.onnx": sha256(out / "model.onnx")},
         "calibration_list": calib.name if calib.exists() else None,
@@ -549,6 +652,15 @@ def add_arguments(p) -> None:
     p.add_argument("--distill-from", default=None,
                    help="a teacher's weights (e.g. a larger model.pt): the student also learns to match its features")
     p.add_argument("--distill-weight", type=float, default=6.0, help="the distillation loss's weight (Ultralytics dis)")
+    p.add_argument("--lamp-p", dest="lamp_p", type=float, default=0.0,
+                   help="share of training images cast under a random greenhouse lamp (daemon/lamps.py; 0 = off)")
+    p.add_argument("--lamp-max-strength", dest="lamp_max_strength", type=float, default=1.0,
+                   help="the strongest lamp cast drawn (1 = the lamp in full)")
+    p.add_argument("--lamp-balance-p", dest="lamp_balance_p", type=float, default=0.25,
+                   help="share of lamp-cast images then grey-world balanced, as a camera with auto white balance")
+    p.add_argument("--closeups", type=float, default=0.0,
+                   help="zoom-in crops per training photo added as training images: one fruit spanning 25-95%% of "
+                        "the crop's width (daemon/closeups.py; 0 = none)")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run instead of resuming it")
     # no default into the repo: a stage trained without --out must not overwrite the shipped model's files
     p.add_argument("--out", default=None,
@@ -560,6 +672,12 @@ def add_arguments(p) -> None:
     p.add_argument("--weights", default=None, help="export these weights instead of the run's best.pt")
     p.add_argument("--calib-count", type=int, default=100)
     p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")
+
+
+def run_augment(args) -> dict | None:
+    """The run's own augmentations as train() recorded them (None for a run from before they existed)."""
+    path = Path(args.work).resolve() / "runs" / args.name / AUGMENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def training_sources(args) -> list[dict]:

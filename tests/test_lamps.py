@@ -1,16 +1,11 @@
-"""The lamp casts and the grey-world white balance of the lighting benchmarks (bench/lamps.py): numeric checks."""
+"""The lamp casts and the grey-world white balance of the lighting benchmarks (daemon/lamps.py): numeric checks."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-from lamps import LAMPS, cast, grey_world, linear_to_srgb, srgb_to_linear  # noqa: E402
+from daemon.lamps import LAMPS, cast, grey_world, linear_to_srgb, srgb_to_linear
 
 
 def test_srgb_round_trip():
