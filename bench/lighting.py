@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from daemon import evaluate  # noqa: E402
 from daemon.detector import load_detector  # noqa: E402
-from daemon.lamps import LAMPS, cast, grey_world  # noqa: E402
+from daemon.lamps import LAMPS, cast  # noqa: E402
 from daemon.runtimes.base import RuntimeOptions  # noqa: E402
 from daemon.train import parse_class_map  # noqa: E402
 
@@ -35,9 +35,7 @@ def run_condition(det, photos: dict, coco_json: Path, coco: dict, class_map: dic
     records = []
     for name, image in photos.items():
         frame = cast(image, lamp, strength) if lamp else image
-        if balance:
-            frame = grey_world(frame)
-        tensor, lb = det.preprocess(frame)
+        tensor, lb = det.preprocess(frame, "grey_world" if balance else "none")  # the daemon's detect.white_balance
         dets = det.postprocess(det.infer(tensor), lb, evaluate.EVAL_CONF, evaluate.EVAL_IOU, evaluate.EVAL_MAX_DET)
         h, w = frame.shape[:2]
         records.append({"image": name, "detections": [d.to_json(w, h) for d in dets]})

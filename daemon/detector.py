@@ -35,8 +35,8 @@ class Detector:
     def backend(self) -> str:
         return self.runtime.name
 
-    def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, vision.Letterbox]:
-        return vision.preprocess(frame, self.input_size)
+    def preprocess(self, frame: np.ndarray, white_balance: str = "none") -> tuple[np.ndarray, vision.Letterbox]:
+        return vision.preprocess(frame, self.input_size, white_balance)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         return self.runtime.infer(tensor)

@@ -80,7 +80,8 @@ def coco_metrics(coco_json: Path, results: list[dict], class_map: dict[str, str]
             "per_class": per_class, "images": len(gt.getImgIds()), "detections": len(results)}
 
 
-def run_detector(detector, images: list[Path], conf: float = EVAL_CONF, iou: float = EVAL_IOU) -> list[dict]:
+def run_detector(detector, images: list[Path], conf: float = EVAL_CONF, iou: float = EVAL_IOU,
+                 white_balance: str = "none") -> list[dict]:
     """The same records `ripeye detect --json` prints."""
     records = []
     for path in images:
@@ -88,17 +89,17 @@ def run_detector(detector, images: list[Path], conf: float = EVAL_CONF, iou: flo
         if image is None:
             raise ValueError(f"cannot read image {path}")
         h, w = image.shape[:2]
-        tensor, lb = detector.preprocess(image)
+        tensor, lb = detector.preprocess(image, white_balance)
         dets = detector.postprocess(detector.infer(tensor), lb, conf, iou, EVAL_MAX_DET)
         records.append({"image": str(path), "width": w, "height": h, "detections": [d.to_json(w, h) for d in dets]})
     return records
 
 
 def evaluate_detector(detector, coco_json: Path, images_dir: Path, class_map: dict[str, str],
-                      limit: Optional[int] = None) -> dict:
+                      limit: Optional[int] = None, white_balance: str = "none") -> dict:
     coco = json.loads(Path(coco_json).read_text())
     files = [Path(images_dir) / im["file_name"] for im in coco["images"]][:limit]
-    records = run_detector(detector, files)
+    records = run_detector(detector, files, white_balance=white_balance)
     return coco_metrics(Path(coco_json), detections_to_coco(records, coco, class_map), class_map)
 
 
@@ -126,8 +127,10 @@ def main(args) -> int:
         except ValueError as exc:  # e.g. no variant of that input size: the message names the sizes present
             print(f"ripeye eval: {exc}", file=sys.stderr)
             return 2
-        metrics = evaluate_detector(detector, coco_json, images, class_map)
+        metrics = evaluate_detector(detector, coco_json, images, class_map, white_balance=args.white_balance)
         source = f"{detector.backend} {detector.runtime.precision} {detector.runtime.artifact}"
+        if args.white_balance != "none":
+            source += f", white balance {args.white_balance}"
     if args.json:
         print(json.dumps({"source": source, **metrics}, indent=2))
     else:
@@ -149,4 +152,6 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=0,
                    help="input-size variant of the model folder (default: the size it recommends, else its own)")
+    p.add_argument("--white-balance", default="none", choices=["none", "grey_world"],
+                   help="the daemon's detect.white_balance step before the model (default none)")
     p.add_argument("--json", action="store_true")

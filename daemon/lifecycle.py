@@ -303,7 +303,7 @@ class ModelLifecycle:
             captured = self._captured()
             latencies, agree = [], []
             for image, current in frames + captured:
-                tensor, lb = cand.preprocess(image)
+                tensor, lb = cand.preprocess(image, cfg.detect.white_balance)
                 t0 = time.perf_counter()
                 output = cand.infer(tensor)
                 latencies.append((time.perf_counter() - t0) * 1000)

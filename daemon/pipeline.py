@@ -193,7 +193,7 @@ class Daemon:
         detector = self.detector
         if detector is None:
             return None
-        return (detector.input_size, *detector.preprocess(image))
+        return (detector.input_size, *detector.preprocess(image, self.cfg.detect.white_balance))
 
     def _load_detector(self, cfg: Optional[Config] = None, preloaded: Optional[Detector] = None) -> bool:
         """Load the configured model and swap it in; `preloaded` (a candidate already loaded for its shadow run)
@@ -267,7 +267,7 @@ class Daemon:
         t0 = time.perf_counter()
         prepared = frame.prepared
         if prepared is None or prepared[0] != detector.input_size:  # model changed since capture
-            prepared = (detector.input_size, *detector.preprocess(frame.image))
+            prepared = (detector.input_size, *detector.preprocess(frame.image, self.cfg.detect.white_balance))
             frame.prepare_ms = (time.perf_counter() - t0) * 1000
         _, tensor, lb = prepared
         t1 = time.perf_counter()

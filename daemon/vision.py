@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from daemon.lamps import grey_world
+
 PAD_VALUE = 114
 
 
@@ -21,8 +23,10 @@ class Letterbox:
     frame_h: int
 
 
-def letterbox(frame: np.ndarray, size: tuple[int, int], pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio and pad to size=(width, height), centred like Ultralytics' LetterBox."""
+def letterbox(frame: np.ndarray, size: tuple[int, int], pad_value: int = PAD_VALUE,
+              balance=None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio and pad to size=(width, height), centred like Ultralytics' LetterBox; `balance`
+    (image → image) is applied to the resized picture before the padding, so the grey border does not count."""
     h, w = frame.shape[:2]
     out_w, out_h = size
     scale = min(out_w / w, out_h / h)
@@ -30,6 +34,8 @@ def letterbox(frame: np.ndarray, size: tuple[int, int], pad_value: int = PAD_VAL
     pad_x, pad_y = (out_w - new_w) / 2, (out_h - new_h) / 2
     if (new_w, new_h) != (w, h):
         frame = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if balance is not None:
+        frame = balance(frame)
     top, bottom = int(round(pad_y - 0.1)), int(round(pad_y + 0.1))
     left, right = int(round(pad_x - 0.1)), int(round(pad_x + 0.1))
     out = cv2.copyMakeBorder(frame, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
@@ -44,9 +50,16 @@ def to_tensor(image_bgr: np.ndarray, rgb: bool = True, layout: str = "NCHW") -> 
     return np.ascontiguousarray(img[None], dtype=np.float32) * np.float32(1 / 255)
 
 
-def preprocess(frame_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Letterbox then tensor: what every runtime is fed."""
-    boxed, lb = letterbox(frame_bgr, size)
+# detect.white_balance: what a frame's colours go through before the model (at input size, after the resize)
+WHITE_BALANCE = {"none": None, "grey_world": grey_world}
+
+
+def preprocess(frame_bgr: np.ndarray, size: tuple[int, int],
+               white_balance: str = "none") -> tuple[np.ndarray, Letterbox]:
+    """Letterbox (and white-balance, when asked) then tensor: what every runtime is fed."""
+    if white_balance not in WHITE_BALANCE:
+        raise ValueError(f"white balance {white_balance!r}: one of {', '.join(WHITE_BALANCE)}")
+    boxed, lb = letterbox(frame_bgr, size, balance=WHITE_BALANCE[white_balance])
     return to_tensor(boxed), lb
 
 

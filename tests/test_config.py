@@ -90,3 +90,14 @@ def test_config_check_cli(tmp_path):
     bad.write_text("mqtt:\n  port: 70000\n")
     r = subprocess.run([*RIPEYE, "config", "check", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0 and "mqtt.port" in r.stderr and str(bad) in r.stderr
+
+
+def test_white_balance_is_none_by_default_and_a_yaml_off_is_named(tmp_path):
+    assert config.Config().detect.white_balance == "none"
+    p = tmp_path / "wb.yaml"
+    p.write_text("detect:\n  white_balance: grey_world\n")
+    assert config.load(p).detect.white_balance == "grey_world"
+    p.write_text("detect:\n  white_balance: off\n")  # YAML reads a bare off as false
+    with pytest.raises(ConfigError) as exc:
+        config.load(p)
+    assert {k for k, _ in exc.value.problems} == {"detect.white_balance"}

@@ -99,3 +99,23 @@ def test_agnostic_nms_keeps_one_box_per_fruit():
     agnostic = vision.postprocess(out, lb, ["ripe", "half_ripe", "unripe"], 0.25, 0.45, agnostic=True)
     assert [d.class_name for d in per_class] == ["half_ripe", "unripe"]
     assert [d.class_name for d in agnostic] == ["half_ripe"]
+
+
+def test_grey_world_white_balance_neutralises_a_cast_inside_the_letterbox_only():
+    from daemon.lamps import cast
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(60, 200, (300, 400, 3), dtype=np.uint8)
+    sodium = cast(photo, "hps", 1.0)  # orange: blue nearly gone
+    plain, _ = vision.preprocess(sodium, (320, 320))
+    balanced, lb = vision.preprocess(sodium, (320, 320), "grey_world")
+    top = int(lb.pad_y)
+    content = balanced[0, :, top:320 - top]
+    means = content.reshape(3, -1).mean(axis=1)  # RGB
+    assert means.max() - means.min() < 0.03  # grey again
+    raw = plain[0, :, top:320 - top].reshape(3, -1).mean(axis=1)
+    assert raw[0] - raw[2] > 0.2  # as seen: red far above blue
+    assert np.allclose(balanced[0, :, :top - 1], 114 / 255)  # the border stays the model's grey
+    assert np.array_equal(plain, vision.preprocess(sodium, (320, 320), "none")[0])
+    with pytest.raises(ValueError, match="white balance 'auto'"):
+        vision.preprocess(sodium, (320, 320), "auto")
