@@ -75,24 +75,37 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
+class _Merged:
+    """Union-find over keys: which keys have been joined, directly or through others."""
+
+    def __init__(self, keys):
+        self.parent = {k: k for k in keys}
+
+    def find(self, k):
+        while self.parent[k] != k:
+            self.parent[k] = self.parent[self.parent[k]]
+            k = self.parent[k]
+        return k
+
+    def join(self, a, b) -> None:
+        self.parent[self.find(b)] = self.find(a)
+
+    def numbers(self, keys) -> list[int]:
+        """A group number per key, counted from 0 in the order the groups first appear."""
+        roots: dict = {}
+        return [roots.setdefault(self.find(k), len(roots)) for k in keys]
+
+
 def near_duplicate_groups(thumbs: list[np.ndarray], threshold: float = NEAR_DUPLICATE) -> list[int]:
     """A group number per image: images whose thumbnails differ by less than `threshold` (chained) share one."""
-    parent = list(range(len(thumbs)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    merged = _Merged(range(len(thumbs)))
     if thumbs:
         stack = np.stack(thumbs).reshape(len(thumbs), -1)
         for i in range(len(thumbs)):
             close = np.nonzero(np.abs(stack[i + 1:] - stack[i]).mean(axis=1) < threshold)[0] + i + 1
             for j in close:
-                parent[find(int(j))] = find(i)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(thumbs))]
+                merged.join(i, int(j))
+    return merged.numbers(range(len(thumbs)))
 
 
 def _features(image: np.ndarray):
@@ -124,20 +137,12 @@ def same_scene_groups(images: list[np.ndarray], groups: list[int], min_inliers: 
     keys = sorted(reps)
     feats = {g: _features(images[reps[g]]) for g in keys}
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    parent = {g: g for g in keys}
-
-    def find(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
+    merged = _Merged(keys)
     for n, g in enumerate(keys):
         for h in keys[n + 1:]:
-            if find(g) != find(h) and _inliers(feats[g], feats[h], matcher) >= min_inliers:
-                parent[find(h)] = find(g)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(g), len(roots)) for g in groups]
+            if merged.find(g) != merged.find(h) and _inliers(feats[g], feats[h], matcher) >= min_inliers:
+                merged.join(g, h)
+    return merged.numbers(groups)
 
 
 def choose_holdout(groups: list[int], forced: set[int], fraction: float, seed: int) -> set[int]:
