@@ -169,6 +169,15 @@ def test_set_null_removes_the_override_and_non_finite_numbers_are_refused(tmp_pa
         assert removed["ok"], removed
         assert sub.json("config")[-1]["detect"]["confidence"] == 0.3  # back to the file's value, not the default
         assert not (state / "overrides.yaml").exists()  # nothing left to override: no `{}` left behind
+        # the white balance before the model is a live key too: frames keep coming through it, a bad value is named
+        assert ask(json.dumps({"patch": {"detect": {"white_balance": "grey_world"}}}))["ok"]
+        assert sub.json("config")[-1]["detect"]["white_balance"] == "grey_world"
+        m = len(sub.on("detections"))
+        sub.wait_for("detections", lambda p, m=m: len(sub.on("detections")) > m + 3, timeout=15)
+        reply = ask(json.dumps({"patch": {"detect": {"white_balance": "auto"}}}))
+        assert reply["ok"] is False and "detect.white_balance" in reply["error"], reply
+        assert ask(json.dumps({"patch": {"detect": {"white_balance": None}}}))["ok"]
+        assert sub.json("config")[-1]["detect"]["white_balance"] == "none"
         for body in ('{"patch": {"stats": {"interval_s": 1e400}}}', '{"patch": {"detect": {"iou": NaN}}}',
                      '{"patch": {"targets": {"claim_timeout_s": Infinity}}}'):
             reply = ask(body)
