@@ -110,7 +110,7 @@ def main() -> int:
     p.add_argument("model")
     p.add_argument("--data", action="append", required=True,
                    help="[LABEL=]COCO annotations JSON, photos in <root>/<split>/ (repeatable)")
-    p.add_argument("--count", type=int, default=120, help="crops per set")
+    p.add_argument("--count", type=int, default=160, help="crops per set (fewer where a set has fewer fruit to crop)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--precision", default="fp32")
