@@ -73,27 +73,33 @@ def run(arms: int, seconds: float, workdir: Path, port: int | None = None, kill_
                                   str(seconds + 5), "--report", str(workdir / f"{a}.json")], cwd=REPO, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, a in enumerate(ids)}
     victim, killed_at, held = None, None, None
+    # what the messages so far say, read once each as they arrive: arms that have picked, claim grants, and when
+    # each track's claim last ended (withdrawn by a scene cut, offered again, picked or failed)
+    scanned, pickers, grants, ended = 0, set(), [], {}
     started = time.time()
     try:
         while time.time() - started < seconds:
             time.sleep(0.02)
+            with lock:
+                new, scanned = got[scanned:], len(got)
+            for t, s, b in new:
+                if s == "arm/picked/result" and b.get("ok"):
+                    pickers.add(b.get("arm_id"))
+                if (s.startswith("arm/") and s.endswith("/result") and s.split("/")[1] in ids
+                        and b.get("action") == "claim" and b.get("granted") and not b.get("duplicate")):
+                    grants.append((t, s.split("/")[1], b["track_id"]))
+                if (s == "targets" and b.get("state") in ("available", "lost")) or s.endswith(
+                        ("picked/result", "failed/result")):
+                    ended[b.get("track_id")] = t
             if killed_at is None and time.time() - started >= kill_after_s:
                 now = time.time()
-                with lock:
-                    pickers = {b.get("arm_id") for _, s, b in got if s == "arm/picked/result" and b.get("ok")}
                 if len(pickers) < len(ids) and now - started < seconds / 2:
                     continue  # every arm has worked before one is killed (a slow start must not leave one idle)
-                with lock:  # an arm granted a claim in the last 0.5 s is cutting now (picks take pick_time_s)
-                    fresh = [(t, s.split("/")[1], b["track_id"]) for t, s, b in got if now - t < 0.5
-                             and s.startswith("arm/") and s.endswith("/result") and s.split("/")[1] in ids
-                             and b.get("action") == "claim" and b.get("granted") and not b.get("duplicate")]
-                    # ... and still holds it: not withdrawn by a scene cut, offered again or reported since the grant
-                    # (a claim that ended before the kill leaves the last will nothing to release)
-                    fresh = [(arm, tid) for granted_at, arm, tid in fresh
-                             if not any(t > granted_at and b.get("track_id") == tid
-                                        and ((s == "targets" and b.get("state") in ("available", "lost"))
-                                             or s.endswith(("picked/result", "failed/result")))
-                                        for t, s, b in got)]
+                # an arm granted a claim in the last 0.5 s is cutting now (picks take pick_time_s) and still holds
+                # it when no end of that claim came after the grant (a claim that ended before the kill leaves
+                # the last will nothing to release)
+                fresh = [(arm, tid) for granted_at, arm, tid in grants
+                         if now - granted_at < 0.5 and ended.get(tid, 0.0) <= granted_at]
                 if fresh and pick_time_s > 0.5:
                     victim, held = fresh[-1]
                     procs[victim].send_signal(signal.SIGKILL)  # killed mid-cut: its claim must not outlive it
