@@ -1,5 +1,6 @@
 """Lighting benchmark: a model's accuracy on photos under greenhouse lamp casts, with and without a grey-world
-white balance, through the daemon's own pre- and post-processing (issue 30, item 3).
+white balance (`--balance auto`: the daemon's `detect.white_balance: auto` instead), through the daemon's own pre-
+and post-processing (issue 30, item 3).
 
     .venv/bin/python bench/lighting.py models/tomato-yolo11n \\
         --data ../shared/datasets/laboro-tomato-big/annotations/valid.json --out bench/results/lighting-v3-valid.json
@@ -57,12 +58,12 @@ def ripeness_of_found(coco: dict, class_map: dict, records: list[dict]) -> dict:
 
 
 def run_condition(det, photos: dict, coco_json: Path, coco: dict, class_map: dict, lamp: str | None, strength: float,
-                  balance: bool) -> dict:
+                  balance: str) -> dict:
     records, published = [], []
     live = DetectConfig()
     for name, image in photos.items():
         frame = cast(image, lamp, strength) if lamp else image
-        tensor, lb = det.preprocess(frame, "grey_world" if balance else "none")  # the daemon's detect.white_balance
+        tensor, lb = det.preprocess(frame, balance)  # the daemon's detect.white_balance
         output = det.infer(tensor)
         dets = det.postprocess(output, lb, evaluate.EVAL_CONF, evaluate.EVAL_IOU, evaluate.EVAL_MAX_DET)
         # what the daemon would publish (its default thresholds, one box per fruit): for the ripeness check
@@ -83,6 +84,8 @@ def main() -> int:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--imgsz", type=int, default=0)
+    p.add_argument("--balance", default="grey_world", choices=["grey_world", "auto"],
+                   help="the detect.white_balance each condition is also run with (its column and JSON key)")
     p.add_argument("--out")
     args = p.parse_args()
     coco_json = Path(args.data)
@@ -96,19 +99,19 @@ def main() -> int:
     rows, t0 = [], time.time()
     for lamp, strength in conditions:
         row = {"lamp": lamp or "clean", "strength": strength}
-        for balance in (False, True):
+        for balance in ("none", args.balance):
             m = run_condition(det, photos, coco_json, coco, class_map, lamp, strength, balance)
-            row["grey_world" if balance else "as_seen"] = {
+            row[args.balance if balance != "none" else "as_seen"] = {
                 "mAP50": m["mAP50"], "mAP50-95": m["mAP50-95"],
                 "AP50": {c: v["AP50"] for c, v in m["per_class"].items()}, "ripeness_of_found": m["ripeness"]}
         rows.append(row)
-        print(f"{row['lamp']:12s} {strength:4.2f}  mAP50 {row['as_seen']['mAP50']:.3f}  with grey world "
-              f"{row['grey_world']['mAP50']:.3f}   right ripeness of found "
+        print(f"{row['lamp']:12s} {strength:4.2f}  mAP50 {row['as_seen']['mAP50']:.3f}  with {args.balance} "
+              f"{row[args.balance]['mAP50']:.3f}   right ripeness of found "
               f"{row['as_seen']['ripeness_of_found']['right_class'] or 0:.3f}   AP50 as seen "
               + " ".join(f"{c} {v:.2f}" for c, v in row["as_seen"]["AP50"].items()), flush=True)
     clean = rows[0]["as_seen"]["mAP50"]
     for row in rows:
-        for k in ("as_seen", "grey_world"):
+        for k in ("as_seen", args.balance):
             row[k]["vs_clean"] = round(row[k]["mAP50"] / clean, 3) if clean else None
     result = {"machine": os.uname().nodename, "command": " ".join(sys.argv), "model": args.model,
               "runtime": f"{det.backend} {det.runtime.precision}", "data": str(coco_json),

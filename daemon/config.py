@@ -107,9 +107,10 @@ class DetectConfig(Strict):
     classes: list[str] = Field(default_factory=list, description="only publish these classes; empty = all")
     max_detections: int = Field(300, ge=1)
     agnostic_nms: bool = Field(True, description="one box per fruit: suppress overlapping boxes of other classes")
-    white_balance: Literal["none", "grey_world"] = Field(
+    white_balance: Literal["none", "grey_world", "auto"] = Field(
         "none", description="colour correction before the model: grey_world scales each channel so the frame averages "
-                           "grey (for cameras without auto white balance under grow lights)")
+                           "grey (for cameras without auto white balance under grow lights); auto does so only for "
+                           "frames whose colour no daylight training photo has")
 
 
 class MqttConfig(Strict):

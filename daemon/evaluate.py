@@ -152,6 +152,6 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=0,
                    help="input-size variant of the model folder (default: the size it recommends, else its own)")
-    p.add_argument("--white-balance", default="none", choices=["none", "grey_world"],
+    p.add_argument("--white-balance", default="none", choices=["none", "grey_world", "auto"],
                    help="the daemon's detect.white_balance step before the model (default none)")
     p.add_argument("--json", action="store_true")

@@ -63,6 +63,33 @@ def grey_world(image_bgr: np.ndarray) -> np.ndarray:
     return _to_srgb8(lin * gains)
 
 
+def frame_chroma(image_bgr: np.ndarray) -> np.ndarray:
+    """A frame's colour: the mean of every 4th pixel each way in linear light, as (log R/G, log B/G)."""
+    b, g, r = np.maximum(_TO_LINEAR[image_bgr[::4, ::4]].reshape(-1, 3).mean(axis=0), 1e-6)
+    return np.log(np.array([r / g, b / g]))
+
+
+# Daylight as the training photos show it, for `detect.white_balance: auto`: mean and inverse covariance of
+# frame_chroma over the recorded split's 263 training photos (bench/daylight_reference.py prints them; valid and test
+# photos play no part). A greenhouse in daylight is green, not grey: that is why plain grey world costs accuracy.
+DAYLIGHT_CHROMA_MEAN = (-0.1293, -0.7605)
+DAYLIGHT_CHROMA_INV_COV = ((68.675, -21.195), (-21.195, 12.997))
+# Mahalanobis distance from daylight beyond which `auto` balances: above every training photo (max 3.13, 99th
+# percentile 2.99), below a full sodium or red/blue LED cast on any validation photo (min 7.2 and 8.1)
+AUTO_BALANCE_DISTANCE = 3.5
+
+
+def daylight_distance(image_bgr: np.ndarray) -> float:
+    """How far a frame's colour lies from daylight, in standard deviations of the training photos' spread."""
+    d = frame_chroma(image_bgr) - np.array(DAYLIGHT_CHROMA_MEAN)
+    return float(np.sqrt(d @ np.array(DAYLIGHT_CHROMA_INV_COV) @ d))
+
+
+def auto_balance(image_bgr: np.ndarray) -> np.ndarray:
+    """Grey world only for a frame whose colour no daylight training photo has (a lamp's cast); else as it is."""
+    return grey_world(image_bgr) if daylight_distance(image_bgr) > AUTO_BALANCE_DISTANCE else image_bgr
+
+
 def random_cast(image_bgr: np.ndarray, rng, max_strength: float = 1.0, balance_p: float = 0.25) -> np.ndarray:
     """Training's colour augmentation: one lamp at a random strength in (0, max_strength], then with probability
     `balance_p` the camera's grey world (a camera with auto white balance under that lamp). `rng`: random.Random."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from daemon.lamps import grey_world
+from daemon.lamps import auto_balance, grey_world
 
 PAD_VALUE = 114
 
@@ -51,7 +51,8 @@ def to_tensor(image_bgr: np.ndarray, rgb: bool = True, layout: str = "NCHW") -> 
 
 
 # detect.white_balance: what a frame's colours go through before the model (at input size, after the resize)
-WHITE_BALANCE = {"none": None, "grey_world": grey_world}
+# auto: grey world only for frames whose colour lies outside the training photos' daylight (a lamp's cast)
+WHITE_BALANCE = {"none": None, "grey_world": grey_world, "auto": auto_balance}
 
 
 def preprocess(frame_bgr: np.ndarray, size: tuple[int, int],

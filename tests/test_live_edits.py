@@ -174,7 +174,7 @@ def test_set_null_removes_the_override_and_non_finite_numbers_are_refused(tmp_pa
         assert sub.json("config")[-1]["detect"]["white_balance"] == "grey_world"
         m = len(sub.on("detections"))
         sub.wait_for("detections", lambda p, m=m: len(sub.on("detections")) > m + 3, timeout=15)
-        reply = ask(json.dumps({"patch": {"detect": {"white_balance": "auto"}}}))
+        reply = ask(json.dumps({"patch": {"detect": {"white_balance": "cloudy"}}}))
         assert reply["ok"] is False and "detect.white_balance" in reply["error"], reply
         assert ask(json.dumps({"patch": {"detect": {"white_balance": None}}}))["ok"]
         assert sub.json("config")[-1]["detect"]["white_balance"] == "none"

@@ -117,5 +117,5 @@ def test_grey_world_white_balance_neutralises_a_cast_inside_the_letterbox_only()
     assert raw[0] - raw[2] > 0.2  # as seen: red far above blue
     assert np.allclose(balanced[0, :, :top - 1], 114 / 255)  # the border stays the model's grey
     assert np.array_equal(plain, vision.preprocess(sodium, (320, 320), "none")[0])
-    with pytest.raises(ValueError, match="white balance 'auto'"):
-        vision.preprocess(sodium, (320, 320), "auto")
+    with pytest.raises(ValueError, match="white balance 'cloudy'"):
+        vision.preprocess(sodium, (320, 320), "cloudy")
