@@ -11,6 +11,8 @@ from typing import Optional
 
 import cv2
 
+from daemon.vision import WHITE_BALANCE
+
 # Ultralytics' validator settings, so numbers compare with its own `val`.
 EVAL_CONF = 0.001
 EVAL_IOU = 0.7
@@ -152,6 +154,6 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=0,
                    help="input-size variant of the model folder (default: the size it recommends, else its own)")
-    p.add_argument("--white-balance", default="none", choices=["none", "grey_world", "auto"],
+    p.add_argument("--white-balance", default="none", choices=list(WHITE_BALANCE),
                    help="the daemon's detect.white_balance step before the model (default none)")
     p.add_argument("--json", action="store_true")
