@@ -4,8 +4,11 @@
 
 A frame's colour is the mean of its pixels in linear light as (log R/G, log B/G) — lamps.frame_chroma; the reference
 is the mean and inverse covariance of that over the photos, and the distance printed per photo is the Mahalanobis
-distance `auto` compares with lamps.AUTO_BALANCE_DISTANCE. Use training photos only: the reference decides when the
-daemon balances, so the photos that score it (valid, test) must not shape it.
+distance `auto` compares with lamps.AUTO_BALANCE_DISTANCE. The same photos under each lamp of lamps.LAMPS at full
+strength give the threshold: midway between the farthest daylight photo and the nearest cast photo of the lamps whose
+every cast photo lies beyond all daylight ones (sodium and red/blue LED here; a full warm or cool white LED cast
+overlaps daylight, and the model holds under those as seen). Use training photos only: the reference decides when
+the daemon balances, so the photos that score it (valid, test) must not shape it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ def main() -> int:
     args = p.parse_args()
     coco_json = Path(args.data)
     folder = coco_json.parent.parent / coco_json.stem
-    chroma = []
+    chroma, cast_chroma = [], {lamp: [] for lamp in lamps.LAMPS}
     for im in json.loads(coco_json.read_text())["images"]:
         image = cv2.imread(str(folder / im["file_name"]))
         if image is None:
             raise SystemExit(f"cannot read {folder / im['file_name']}")
         chroma.append(lamps.frame_chroma(image))
+        for lamp in lamps.LAMPS:
+            cast_chroma[lamp].append(lamps.frame_chroma(lamps.cast(image, lamp, 1.0)))
     x = np.array(chroma)
     mean, inv_cov = x.mean(axis=0), np.linalg.inv(np.cov(x.T))
     d = np.sqrt(np.einsum("ij,jk,ik->i", x - mean, inv_cov, x - mean))
@@ -44,6 +49,16 @@ def main() -> int:
           f"{inv_cov[1, 1]:.3f}))")
     print(f"distance of the photos from it: median {np.median(d):.2f}, 99th percentile {np.percentile(d, 99):.2f}, "
           f"max {d.max():.2f}")
+    nearest = {}
+    for lamp, values in cast_chroma.items():
+        dl = np.sqrt(np.einsum("ij,jk,ik->i", np.array(values) - mean, inv_cov, np.array(values) - mean))
+        nearest[lamp] = dl.min()
+        print(f"  under {lamp} at full strength: min {dl.min():.2f}, median {np.median(dl):.2f}"
+              + ("" if dl.min() > d.max() else " (overlaps daylight)"))
+    apart = [v for v in nearest.values() if v > d.max()]
+    if apart:
+        print(f"AUTO_BALANCE_DISTANCE = {(d.max() + min(apart)) / 2:.2f}  (midway between daylight's max and the "
+              "nearest full cast of the lamps apart from it)")
     return 0
 
 

@@ -108,9 +108,9 @@ class DetectConfig(Strict):
     max_detections: int = Field(300, ge=1)
     agnostic_nms: bool = Field(True, description="one box per fruit: suppress overlapping boxes of other classes")
     white_balance: Literal["none", "grey_world", "auto"] = Field(
-        "none", description="colour correction before the model: grey_world scales each channel so the frame averages "
-                           "grey (for cameras without auto white balance under grow lights); auto does so only for "
-                           "frames whose colour no daylight training photo has")
+        "auto", description="colour correction before the model: grey_world scales each channel so the frame averages "
+                            "grey (for cameras without auto white balance under grow lights); auto does so only for "
+                            "frames whose colour no daylight training photo has; none leaves frames as they are")
 
 
 class MqttConfig(Strict):

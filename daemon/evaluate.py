@@ -11,6 +11,7 @@ from typing import Optional
 
 import cv2
 
+from daemon.config import DetectConfig
 from daemon.vision import WHITE_BALANCE
 
 # Ultralytics' validator settings, so numbers compare with its own `val`.
@@ -154,6 +155,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--imgsz", type=int, default=0,
                    help="input-size variant of the model folder (default: the size it recommends, else its own)")
-    p.add_argument("--white-balance", default="none", choices=list(WHITE_BALANCE),
-                   help="the daemon's detect.white_balance step before the model (default none)")
+    default = DetectConfig.model_fields["white_balance"].default
+    p.add_argument("--white-balance", default=default, choices=list(WHITE_BALANCE),
+                   help=f"the daemon's detect.white_balance step before the model (default {default}, the daemon's)")
     p.add_argument("--json", action="store_true")

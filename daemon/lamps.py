@@ -74,9 +74,10 @@ def frame_chroma(image_bgr: np.ndarray) -> np.ndarray:
 # photos play no part). A greenhouse in daylight is green, not grey: that is why plain grey world costs accuracy.
 DAYLIGHT_CHROMA_MEAN = (-0.1293, -0.7605)
 DAYLIGHT_CHROMA_INV_COV = ((68.675, -21.195), (-21.195, 12.997))
-# Mahalanobis distance from daylight beyond which `auto` balances: above every training photo (max 3.13, 99th
-# percentile 2.99), below a full sodium or red/blue LED cast on any validation photo (min 7.2 and 8.1)
-AUTO_BALANCE_DISTANCE = 3.5
+# Mahalanobis distance from daylight beyond which `auto` balances, from the training photos alone: midway between the
+# farthest of them (3.13) and the nearest of them under a full sodium or red/blue LED cast (6.36); a faint cast and a
+# warm or cool white LED, which the model holds under as seen, stay below it (bench/daylight_reference.py)
+AUTO_BALANCE_DISTANCE = 4.74
 
 
 def daylight_distance(image_bgr: np.ndarray) -> float:

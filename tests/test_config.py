@@ -92,8 +92,8 @@ def test_config_check_cli(tmp_path):
     assert r.returncode != 0 and "mqtt.port" in r.stderr and str(bad) in r.stderr
 
 
-def test_white_balance_is_none_by_default_and_a_yaml_off_is_named(tmp_path):
-    assert config.Config().detect.white_balance == "none"
+def test_white_balance_is_auto_by_default_and_a_yaml_off_is_named(tmp_path):
+    assert config.Config().detect.white_balance == "auto"
     p = tmp_path / "wb.yaml"
     p.write_text("detect:\n  white_balance: grey_world\n")
     assert config.load(p).detect.white_balance == "grey_world"

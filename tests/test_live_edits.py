@@ -177,7 +177,7 @@ def test_set_null_removes_the_override_and_non_finite_numbers_are_refused(tmp_pa
         reply = ask(json.dumps({"patch": {"detect": {"white_balance": "cloudy"}}}))
         assert reply["ok"] is False and "detect.white_balance" in reply["error"], reply
         assert ask(json.dumps({"patch": {"detect": {"white_balance": None}}}))["ok"]
-        assert sub.json("config")[-1]["detect"]["white_balance"] == "none"
+        assert sub.json("config")[-1]["detect"]["white_balance"] == "auto"  # the default again
         for body in ('{"patch": {"stats": {"interval_s": 1e400}}}', '{"patch": {"detect": {"iou": NaN}}}',
                      '{"patch": {"targets": {"claim_timeout_s": Infinity}}}'):
             reply = ask(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -92,3 +93,30 @@ def test_the_split_refuses_to_write_into_its_source(dataset):
     run = subprocess.run(RIPEYE + ["dataset", "split", str(dataset), "--out", str(dataset), "--record", str(RECORD)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "must not be the source" in run.stderr
+
+
+def test_the_final_fit_root_trains_on_train_and_valid_and_keeps_test_apart(dataset, tmp_path):
+    split, fit = tmp_path / "split", tmp_path / "fit"
+    subprocess.run(RIPEYE + ["dataset", "split", str(dataset), "--out", str(split), "--record", str(RECORD)],
+                   check=True, capture_output=True, timeout=120)
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "final_fit_data.py"), str(split), "--out", str(fit)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    parts = {s: json.loads((split / "annotations" / f"{s}.json").read_text()) for s in ("train", "valid", "test")}
+    merged = json.loads((fit / "annotations" / "train.json").read_text())
+    names = [im["file_name"] for im in merged["images"]]
+    assert sorted(names) == sorted(im["file_name"] for s in ("train", "valid") for im in parts[s]["images"])
+    assert not set(names) & {im["file_name"] for im in parts["test"]["images"]}
+    assert len({im["id"] for im in merged["images"]}) == len(names)
+    assert len({a["id"] for a in merged["annotations"]}) == len(merged["annotations"])
+    # every box still sits on its own photo: per photo, the same boxes as in its source split
+    by_name = {im["id"]: im["file_name"] for im in merged["images"]}
+    boxes = Counter((by_name[a["image_id"]], tuple(a["bbox"]), a["category_id"]) for a in merged["annotations"])
+    source = Counter()
+    for s in ("train", "valid"):
+        ids = {im["id"]: im["file_name"] for im in parts[s]["images"]}
+        source.update((ids[a["image_id"]], tuple(a["bbox"]), a["category_id"]) for a in parts[s]["annotations"])
+    assert boxes == source
+    assert all((fit / "train" / n).resolve().is_file() for n in names)
+    assert json.loads((fit / "annotations" / "test.json").read_text()) == parts["test"]
+    assert "final fit" in json.loads((fit / "dataset.json").read_text())["name"]
