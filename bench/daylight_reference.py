@@ -26,6 +26,12 @@ sys.path.insert(0, str(REPO))
 from daemon import lamps  # noqa: E402
 
 
+def distances(chroma: np.ndarray, mean: np.ndarray, inv_cov: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row of `chroma` from the reference."""
+    d = chroma - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", d, inv_cov, d))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", help="COCO annotations JSON of training photos (images in <root>/<split>/)")
@@ -42,7 +48,7 @@ def main() -> int:
             cast_chroma[lamp].append(lamps.frame_chroma(lamps.cast(image, lamp, 1.0)))
     x = np.array(chroma)
     mean, inv_cov = x.mean(axis=0), np.linalg.inv(np.cov(x.T))
-    d = np.sqrt(np.einsum("ij,jk,ik->i", x - mean, inv_cov, x - mean))
+    d = distances(x, mean, inv_cov)
     print(f"{len(x)} photos of {coco_json}")
     print(f"DAYLIGHT_CHROMA_MEAN = ({mean[0]:.4f}, {mean[1]:.4f})")
     print(f"DAYLIGHT_CHROMA_INV_COV = (({inv_cov[0, 0]:.3f}, {inv_cov[0, 1]:.3f}), ({inv_cov[1, 0]:.3f}, "
@@ -51,7 +57,7 @@ def main() -> int:
           f"max {d.max():.2f}")
     nearest = {}
     for lamp, values in cast_chroma.items():
-        dl = np.sqrt(np.einsum("ij,jk,ik->i", np.array(values) - mean, inv_cov, np.array(values) - mean))
+        dl = distances(np.array(values), mean, inv_cov)
         nearest[lamp] = dl.min()
         print(f"  under {lamp} at full strength: min {dl.min():.2f}, median {np.median(dl):.2f}"
               + ("" if dl.min() > d.max() else " (overlaps daylight)"))

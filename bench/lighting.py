@@ -32,6 +32,7 @@ from daemon.harvest import box_iou  # noqa: E402
 from daemon.lamps import LAMPS, cast  # noqa: E402
 from daemon.runtimes.base import RuntimeOptions  # noqa: E402
 from daemon.train import parse_class_map  # noqa: E402
+from daemon.vision import WHITE_BALANCE  # noqa: E402
 
 
 def ripeness_of_found(coco: dict, class_map: dict, records: list[dict]) -> dict:
@@ -84,7 +85,7 @@ def main() -> int:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--imgsz", type=int, default=0)
-    p.add_argument("--balance", default="grey_world", choices=["grey_world", "auto"],
+    p.add_argument("--balance", default="grey_world", choices=[k for k in WHITE_BALANCE if k != "none"],
                    help="the detect.white_balance each condition is also run with (its column and JSON key)")
     p.add_argument("--out")
     args = p.parse_args()

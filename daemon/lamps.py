@@ -78,12 +78,14 @@ DAYLIGHT_CHROMA_INV_COV = ((68.675, -21.195), (-21.195, 12.997))
 # farthest of them (3.13) and the nearest of them under a full sodium or red/blue LED cast (6.36); a faint cast and a
 # warm or cool white LED, which the model holds under as seen, stay below it (bench/daylight_reference.py)
 AUTO_BALANCE_DISTANCE = 4.74
+_DAYLIGHT_MEAN = np.array(DAYLIGHT_CHROMA_MEAN)
+_DAYLIGHT_INV_COV = np.array(DAYLIGHT_CHROMA_INV_COV)
 
 
 def daylight_distance(image_bgr: np.ndarray) -> float:
     """How far a frame's colour lies from daylight, in standard deviations of the training photos' spread."""
-    d = frame_chroma(image_bgr) - np.array(DAYLIGHT_CHROMA_MEAN)
-    return float(np.sqrt(d @ np.array(DAYLIGHT_CHROMA_INV_COV) @ d))
+    d = frame_chroma(image_bgr) - _DAYLIGHT_MEAN
+    return float(np.sqrt(d @ _DAYLIGHT_INV_COV @ d))
 
 
 def auto_balance(image_bgr: np.ndarray) -> np.ndarray:
