@@ -202,7 +202,10 @@ install_labelstudio() {
     log "FAILED: Label Studio $LABEL_STUDIO_VERSION needs Python 3.10 or newer; set PYTHON=python3.11 (or newer)"
     exit 1
   fi
-  make_venv "$ls_venv" plain "label-studio==$LABEL_STUDIO_VERSION" "label-studio-sdk==$LABEL_STUDIO_SDK_VERSION"
+  # sentry-sdk 3.0 refuses the `send_default_pii` option Label Studio 1.23 passes it (TypeError at start-up, seen
+  # 2026-12-07): keep the 2.x it was released against (it asks only for >= 2.16)
+  make_venv "$ls_venv" plain "label-studio==$LABEL_STUDIO_VERSION" "label-studio-sdk==$LABEL_STUDIO_SDK_VERSION" \
+    "sentry-sdk>=2.16,<3"
   template="$ls_venv/ripeye-empty-$LABEL_STUDIO_VERSION.sqlite3"
   if [ ! -s "$template" ]; then
     migrate_dir="$(mktemp -d)"
