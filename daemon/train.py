@@ -595,13 +595,25 @@ def _annotations_hash(root: Path, split: str) -> str | None:
     return sha256(path) if path.exists() else None
 
 
+def calibration_path(root: Path, file_name: str) -> str:
+    """Where a training photo lies in the dataset it came from, as `<split>/<file>`.
+
+    A built training root (a test split carved out, a final fit's train + valid) links its train/ photos to the
+    original dataset's train/ or valid/: the list must name the original place, the one `ripeye optimize
+    --calib-root <dataset>` reads.
+    """
+    photo = Path(root) / "train" / file_name
+    return f"{photo.resolve().parent.name}/{file_name}" if photo.exists() else f"train/{file_name}"
+
+
 def write_calibration_list(args) -> Path:
-    coco = json.loads((base_data(args) / "annotations" / "train.json").read_text())
+    root = base_data(args)
+    coco = json.loads((root / "annotations" / "train.json").read_text())
     chosen = choose_calibration(coco, parse_class_map(args.class_map), args.calib_count, args.seed)
     out = Path(args.out) / "calibration.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# INT8 calibration images (training split, stratified by class); paths relative to the dataset\n"
-                   + "".join(f"train/{f}\n" for f in chosen))
+    out.write_text("# INT8 calibration images (training photos, stratified by class); paths relative to the dataset\n"
+                   + "".join(f"{calibration_path(root, f)}\n" for f in chosen))
     return out
 
 

@@ -120,3 +120,10 @@ def test_the_final_fit_root_trains_on_train_and_valid_and_keeps_test_apart(datas
     assert all((fit / "train" / n).resolve().is_file() for n in names)
     assert json.loads((fit / "annotations" / "test.json").read_text()) == parts["test"]
     assert "final fit" in json.loads((fit / "dataset.json").read_text())["name"]
+    # the INT8 calibration list names each photo where the original dataset keeps it (--calib-root <dataset>)
+    from daemon.train import calibration_path
+
+    valid_names = {im["file_name"] for im in parts["valid"]["images"]}
+    where = {n: calibration_path(fit, n) for n in names}
+    assert {n for n, p in where.items() if p.startswith("valid/")} == valid_names
+    assert all((dataset / p).is_file() for p in where.values())
