@@ -1,7 +1,7 @@
 """The "which model for my board" table from a `ripeye bench --imgsz …` report plus published per-board figures.
 
     .venv/bin/python bench/board_table.py bench/results/sizes/bench.json [--out bench/results/sizes/boards.md] \
-        [--set-default models/tomato-yolo11n]
+        [--set-default models/tomato-yolo11n [--fixed 640 --why "…"]]
 
 Measured columns come from the report (this machine). Board columns are PROJECTIONS, not measurements:
   - Raspberry Pi 5: Ultralytics' published YOLO11n 640 FP32 latency on a Pi 5 (NCNN 88.0 ms, OpenVINO 81.2 ms)
@@ -83,22 +83,29 @@ def table(report: dict) -> str:
 BOARD_FORMATS = ("OpenVINO FP32", "OpenVINO INT8", "NCNN FP16")
 
 
-def set_default(report: dict, model_dir: Path) -> int:
+def set_default(report: dict, model_dir: Path, fixed: Optional[int] = None, why: str = "") -> int:
     """Write the rule's answer into the model folder's metadata.json (`default_input_size`, followed when the config
-    says model.imgsz: 0), with the evidence; where the formats disagree the largest size wins (accuracy first)."""
+    says model.imgsz: 0), with the evidence; where the formats disagree the largest size wins (accuracy first).
+
+    `fixed` overrides the answer (recorded beside it, with `why`): when no split scores every size fairly, e.g.
+    sizes of models that trained on the report's photos, the rule would pick by memory rather than skill.
+    """
     picks = {label: default_size(report, label) for label in BOARD_FORMATS}
     measured = {label: size for label, size in picks.items() if size}
     if not measured:
         raise SystemExit("no format with mAP in the report: run ripeye bench with --data")
+    if fixed is not None and not why:
+        raise SystemExit("--fixed needs --why: the metadata says why the rule's answer is not applied")
     meta_file = model_dir / "metadata.json"
     meta = json.loads(meta_file.read_text())
-    meta["default_input_size"] = max(measured.values())
+    meta["default_input_size"] = fixed if fixed is not None else max(measured.values())
     meta["default_input_size_rule"] = {
         "rule": f"smallest input size whose mAP50 is within {RULE_POINTS:g} point of the best size",
         "per_format": measured, "bench": {"machine": report["machine"], "created_at": report["created_at"],
                                           "data": report["data_name"], "images": report["n_eval"]},
         "mAP50": {f"{label} @{size}": r["mAP50"] for (label, size), r in sorted(rows_by(report).items())
                   if label in measured and "mAP50" in r},
+        **({"not_applied": {"fixed": fixed, "why": why}} if fixed is not None else {}),
     }
     meta_file.write_text(json.dumps(meta, indent=2) + "\n")
     return meta["default_input_size"]
@@ -110,6 +117,8 @@ def main() -> int:
     p.add_argument("--out", help="also write the table here")
     p.add_argument("--set-default", metavar="MODEL_DIR", type=Path,
                    help="write the rule's answer into MODEL_DIR/metadata.json (default_input_size)")
+    p.add_argument("--fixed", type=int, help="with --set-default: write this size instead of the rule's answer")
+    p.add_argument("--why", default="", help="with --fixed: why the rule's answer is not applied (recorded)")
     args = p.parse_args()
     report = json.loads(Path(args.report).read_text())
     if not isinstance(report.get("imgsz"), list):
@@ -119,7 +128,7 @@ def main() -> int:
         Path(args.out).write_text(md)
     print(md)
     if args.set_default:
-        size = set_default(report, args.set_default)
+        size = set_default(report, args.set_default, args.fixed, args.why)
         print(f"{args.set_default}/metadata.json: default_input_size {size}")
     return 0
 

@@ -75,6 +75,13 @@ def test_board_table_writes_the_rules_answer_into_the_model_folder(tmp_path):
     assert meta["default_input_size"] == 416 and meta["name"] == "m"
     assert meta["default_input_size_rule"]["per_format"] == {"OpenVINO INT8": 416, "NCNN FP16": 320}
     assert default_size(folder) == 416
+    # a fixed size is written with the reason, the rule's answer kept beside it; no reason, no override
+    with pytest.raises(SystemExit, match="--why"):
+        board_table.set_default(report, folder, fixed=640)
+    assert board_table.set_default(report, folder, fixed=640, why="sizes trained on these photos") == 640
+    rule = json.loads((folder / "metadata.json").read_text())["default_input_size_rule"]
+    assert rule["not_applied"] == {"fixed": 640, "why": "sizes trained on these photos"}
+    assert rule["per_format"] == {"OpenVINO INT8": 416, "NCNN FP16": 320} and default_size(folder) == 640
 
 
 def test_parse_sizes_rejects_non_stride_multiples():
