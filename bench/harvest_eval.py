@@ -1,5 +1,6 @@
 """Harvest figures on the sample clip: track-id switches per ripe tomato, re-announcements of picked tomatoes,
-whether every qualifying ripe tomato was offered, and target vs detection latency.
+whether every qualifying ripe tomato was offered, what the arm was sent to (wrong-fruit offers), and target vs
+detection latency.
 
 Runs `ripeye run` on the clip (played once) against a private mosquitto with examples/arm_client.py picking,
 then scores the messages against the clip's ground truth (tests/fixtures/sample_clip_truth.json).
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,7 @@ from local_broker import start_broker  # noqa: E402
 from daemon.harvest import box_iou  # noqa: E402
 
 TRUTH = REPO / "tests" / "fixtures" / "sample_clip_truth.json"
+NO_FRUIT = "no fruit"  # an offer whose box covers no tomato of the truth
 
 
 def match_frame(dets: list[dict], truth_boxes: list[dict], min_iou: float = 0.5) -> dict[int, str]:
@@ -59,7 +62,7 @@ def offered_object(target: dict, frames: dict) -> str | None:
 
 
 def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confidence: float = 0.5,
-            min_frames: int = 3) -> dict:
+            min_frames: int = 3, target_classes: tuple[str, ...] = ("ripe",)) -> dict:
     frames = {f["frame"]: f for f in truth["frames"]}
     truth_class = {b["object"]: b["class"] for f in truth["frames"] for b in f["boxes"]}
     tracks_of: dict[str, list[int]] = {}
@@ -96,7 +99,11 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
     # Tomatoes the detector saw as clearly ripe in `min_frames + 1` processed frames in a row: the debounce
     # (min_frames, min_age_ms, smoothed score) must have let each of them through.
     qualifying = [o for o, n in ripe_best.items() if n >= min_frames + 1]
-    object_of_pick = {e["track_id"]: object_offered[id(e)] for e in offered}
+    object_of_pick = {e["track_id"]: object_offered[id(e)] for e in offered}  # each track's last offer
+    # What the arm was sent to, by the truth class of the fruit each offered track's last offer covered: an offer of
+    # a half-ripe or unripe fruit (or of no fruit) is a wrong pick, however well tracking and debouncing did
+    offered_truth = Counter(truth_class.get(obj, NO_FRUIT) if obj else NO_FRUIT for obj in object_of_pick.values())
+    wrong = sum(n for cls, n in offered_truth.items() if cls not in target_classes)
     picked_objects = {object_of_pick.get(t, object_of_track.get(t)): when for t, when in picked_at.items()}
     reannounced = [e for e in offered if e["track_id"] in picked_at and e["arrived"] > picked_at[e["track_id"]]]
     reoffered_objects = [e for e in offered if e["track_id"] not in picked_at
@@ -114,6 +121,9 @@ def analyse(detections: list[dict], arm_log: list[dict], truth: dict, min_confid
                         for o in qualifying if o not in offered_objects},
         "targets_offered": len({e["track_id"] for e in offered}),
         "picked": len(picked_at),
+        "offered_by_truth_class": dict(sorted(offered_truth.items())),
+        "wrong_offers": wrong,
+        "wrong_offer_share": round(wrong / len(object_of_pick), 3) if object_of_pick else 0.0,
         "reannounced_after_pick": len(reannounced),
         "reoffered_same_tomato_after_pick": len(reoffered_objects),
         "detection_latency_ms_median": round(statistics.median(det_latency) * 1000, 2) if det_latency else None,

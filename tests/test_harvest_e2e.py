@@ -18,6 +18,9 @@ def test_every_ripe_tomato_offered_picked_once_never_again(tmp_path, broker, mod
     assert f["picked"] >= 0.9 * f["targets_offered"], f
     assert f["id_switches_max"] <= 1, f
     assert f["target_latency_ms_median"] <= 1.2 * f["detection_latency_ms_median"], f
+    # the arm is sent to ripe fruit: never an unripe one, and few half-ripe (the boundary the model finds hardest)
+    assert f["offered_by_truth_class"].get("unripe", 0) == 0, f
+    assert f["wrong_offer_share"] <= 0.15, f
 
 
 def test_matching_is_greedy_by_iou():
@@ -63,3 +66,23 @@ def test_a_tomato_seen_only_on_an_already_picked_track_does_not_qualify():
                {"kind": "picked_result", "ok": True, "track_id": 7, "arrived": 4.5}]
     f = harvest_eval.analyse(detections, arm_log, truth)
     assert f["qualifying_ripe"] == 1 and f["qualifying_offered"] == 1 and f["not_offered"] == {}, f
+
+
+def test_wrong_offers_are_scored_by_the_fruit_the_last_offer_covered():
+    """Track 1 is offered over a ripe fruit; track 2 first over the ripe one, then drifts onto a half-ripe one and is
+    offered there (the arm goes where the last offer points); track 3's box covers no fruit."""
+    ripe, half, nothing = [0, 0, 40, 40], [100, 0, 140, 40], [300, 300, 340, 340]
+    truth = {"frames": [{"frame": i, "boxes": [{"object": "r", "class": "ripe", "box": ripe},
+                                               {"object": "h", "class": "half_ripe", "box": half}]}
+                        for i in range(1, 6)]}
+
+    def offer(track, frame, box):
+        return {"kind": "target", "state": "available", "track_id": track, "frame_id": frame, "box": box,
+                "arrived": frame + 0.02, "captured_at": float(frame), "published_at": frame + 0.01}
+
+    arm_log = [offer(1, 2, ripe), offer(2, 2, ripe), offer(2, 4, half), offer(3, 4, nothing)]
+    f = harvest_eval.analyse([], arm_log, truth)
+    assert f["offered_by_truth_class"] == {"half_ripe": 1, "no fruit": 1, "ripe": 1}, f
+    assert f["wrong_offers"] == 2 and f["wrong_offer_share"] == round(2 / 3, 3), f
+    assert harvest_eval.analyse([], arm_log, truth, target_classes=("ripe", "half_ripe"))["wrong_offers"] == 1
+    assert harvest_eval.analyse([], [], truth)["wrong_offer_share"] == 0.0
