@@ -59,9 +59,12 @@ def test_qos1_messages_queued_while_offline_are_delivered_and_bounded(tmp_path, 
     sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ripeye/testbox/detections", qos=1)
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
-    bound = 30  # messages: detections and target announcements share it
+    bound = 30  # messages
+    # Targets off: their announcements share the outbox and outrank detections (the designed priority, unit-tested
+    # in test_mqtt_link), so a model that announces more 'lost' targets on the clip would fill it before any
+    # detection of the outage; this test is about the detections' queue.
     proc = start_daemon(_cfg(tmp_path, broker, mqtt={"qos": 1, "outbox_size": bound, "reconnect_min_s": 0.2,
-                                                     "reconnect_max_s": 0.4}))
+                                                     "reconnect_max_s": 0.4}, targets={"enabled": False}))
     try:
         deadline = time.time() + 30
         while not got and time.time() < deadline:
