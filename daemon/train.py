@@ -686,14 +686,33 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-train", action="store_true", help="only export (and write the calibration list)")
 
 
+def weights_record(args) -> dict:
+    """The training record that came with --weights: a stage kept as model.pt beside its metadata.json (e.g.
+    bench/results/v4/stage*/) exported on a machine without the run's work dir; {} when there is none."""
+    weights = getattr(args, "weights", None)
+    meta = Path(weights).parent / "metadata.json" if weights else None
+    try:
+        return json.loads(meta.read_text()).get("training") or {} if meta else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def run_augment(args) -> dict | None:
-    """The run's own augmentations as train() recorded them (None for a run from before they existed)."""
+    """The augmentations the exported weights trained with: their own record, else the run's as train() wrote it
+    (None for a run from before they existed)."""
+    recorded = weights_record(args)
+    if "augment" in recorded:
+        return recorded["augment"]
     path = Path(args.work).resolve() / "runs" / args.name / AUGMENT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def training_sources(args) -> list[dict]:
-    """What the run trained on (written by train()); a run trained before field sets existed: the base set."""
+    """What the exported weights trained on: their own record, else the run's (written by train()); a run trained
+    before field sets existed: the base set."""
+    recorded = weights_record(args)
+    if recorded.get("sources"):
+        return recorded["sources"]
     path = Path(args.work).resolve() / "runs" / args.name / SOURCES_FILE
     if path.is_file():
         return json.loads(path.read_text())

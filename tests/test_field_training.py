@@ -18,7 +18,7 @@ import yaml
 from daemon import compare, fielddata, train
 from daemon.cli import main
 from daemon.config import SAMPLE_CLIP
-from tests.conftest import FIXTURES, MODEL_DIR
+from tests.conftest import FIXTURES, MODEL_DIR, REPO
 
 CLASSES = ["ripe", "half_ripe", "unripe"]
 
@@ -217,3 +217,20 @@ def test_training_sources_come_from_the_run(tmp_path, dataset):
     (tmp_path / "runs" / "r").mkdir(parents=True)
     (tmp_path / "runs" / "r" / train.SOURCES_FILE).write_text(json.dumps([{"role": "base"}, {"role": "field"}]))
     assert [s["role"] for s in train.training_sources(args)] == ["base", "field"]
+
+
+def test_exported_stage_weights_bring_their_own_training_record(tmp_path, dataset):
+    """`ripeye train --skip-train --weights bench/results/v4/stageE-640/model.pt` on a machine without the stage's
+    work dir: the metadata.json beside the weights says what they trained on and with which augmentations."""
+    stage = REPO / "bench" / "results" / "v4" / "stageE-640"
+    recorded = json.loads((stage / "metadata.json").read_text())["training"]
+    args = Namespace(work=str(tmp_path), name="r", data=[str(dataset)], class_map=None,
+                     weights=str(stage / "model.pt"))
+    assert train.training_sources(args) == recorded["sources"]
+    assert train.run_augment(args) == recorded["augment"] and recorded["augment"]["lamps"]["p"] == 0.5
+    # weights without a record beside them (a run's own weights/ folder): the run's record, as before
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / train.AUGMENT_FILE).write_text(json.dumps({"lamps": None, "closeups": None}))
+    args.weights = str(tmp_path / "runs" / "r" / "weights" / "best.pt")
+    assert train.run_augment(args) == {"lamps": None, "closeups": None}
+    assert train.training_sources(args)[0]["role"] == "base"
