@@ -690,11 +690,13 @@ def weights_record(args) -> dict:
     """The training record that came with --weights: a stage kept as model.pt beside its metadata.json (e.g.
     bench/results/v4/stage*/) exported on a machine without the run's work dir; {} when there is none."""
     weights = getattr(args, "weights", None)
-    meta = Path(weights).parent / "metadata.json" if weights else None
+    if not weights:
+        return {}
     try:
-        return json.loads(meta.read_text()).get("training") or {} if meta else {}
+        meta = json.loads((Path(weights).parent / "metadata.json").read_text())
     except (OSError, ValueError):
         return {}
+    return (meta.get("training") or {}) if isinstance(meta, dict) else {}
 
 
 def run_augment(args) -> dict | None:
