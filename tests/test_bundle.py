@@ -101,11 +101,11 @@ def test_full_model_round_trip(work, keys):
     info = pack(MODEL_DIR, out, sign_key=keys["key"])
     source = load_bundle(MODEL_DIR)
     assert (info.name, info.version, info.class_names) == ("tomato-yolo11n", source.version, source.class_names)
-    assert info.input_sizes == sorted(size_variants(MODEL_DIR)) == [320, 416, 512, 640]
+    assert info.input_sizes == sorted(size_variants(MODEL_DIR)) == [320, 416, 640]
     assert info.default_input_size == 640 and info.input_size == (640, 640)
     expected = tree(MODEL_DIR)
     assert {rel: e["sha256"] for rel, e in info.files.items()} == expected
-    for name in ("metadata.json", "manifest.json", "README.md", "sizes/320/manifest.json", "sizes/512/model.onnx",
+    for name in ("metadata.json", "manifest.json", "README.md", "sizes/320/manifest.json", "sizes/416/model.onnx",
                  "openvino/int8/model.bin"):
         assert name in info.files
     with tarfile.open(out) as tf:
@@ -121,7 +121,7 @@ def test_full_model_round_trip(work, keys):
     loaded = load_bundle(dest)
     assert (loaded.version, loaded.class_names) == (source.version, source.class_names)
     assert [a.accepted for a in loaded.artifacts] == [a.accepted for a in source.artifacts]
-    assert sorted(size_variants(dest)) == [320, 416, 512, 640]
+    assert sorted(size_variants(dest)) == [320, 416, 640]
     assert [p.name for p in dest.parent.iterdir() if p.name.startswith(".") and "partial" in p.name] == []
 
 

@@ -172,8 +172,8 @@ def test_compare_the_same_model_is_not_worse(clip_set, tmp_path, model_dir):
 
 
 def test_compare_refuses_a_worse_candidate(clip_set, tmp_path, model_dir):
-    """The 320-pixel variant (an older, smaller model) as the candidate: worse on the clip's photos at tolerance 0,
-    accepted when the tolerance is wider than the measured drop; the exit status follows the report."""
+    """The 320-pixel variant (the same model at a smaller input) as the candidate: worse on the clip's photos at
+    tolerance 0, accepted when the tolerance is wider than the measured drop; the exit status follows the report."""
     candidate = tmp_path / "small"
     shutil.copytree(MODEL_DIR / "sizes" / "320", candidate)
     (candidate / "manifest.json").unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Input-size variants of the shipped model: selection by size, clear errors, detect/eval/bench/optimize --imgsz."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from daemon.detector import load_detector
 from daemon.model import SizeNotFound, default_size, load_bundle, select_size, size_variants
 from tests.conftest import REPO, RIPEYE, start_daemon, write_config
 
-SHIPPED_SIZES = [320, 416, 512, 640]
+SHIPPED_SIZES = [320, 416, 640]  # 512 dropped in session 24: v4 at 512 gave nothing over 416
 
 
 def test_shipped_model_offers_each_size(model_dir):
@@ -22,7 +23,10 @@ def test_shipped_model_offers_each_size(model_dir):
     # the default-size rule's answer for the shipped model (bench/board_table.py --set-default; model card)
     assert default_size(model_dir) == 640  # 416 was, until stage 4 made 640 2.35 points better (session 7)
     assert load_bundle(variants[416]).metadata["training"]["settings"]["imgsz"] == 416  # trained at its size
-    for size in (320, 416, 512):
+    small = load_bundle(variants[320]).metadata["training"]
+    assert small["settings"]["imgsz"] == 320  # v4 stage G: trained at 320 from the shipped 416's weights
+    assert small["init"]["sha256"] == hashlib.sha256((variants[416] / "model.pt").read_bytes()).hexdigest()
+    for size in (320, 416):
         bundle = load_bundle(variants[size])
         assert bundle.input_size == (size, size)
         assert bundle.class_names == ["ripe", "half_ripe", "unripe"]
@@ -36,7 +40,7 @@ def test_select_size_names_the_sizes_present(model_dir, tmp_path):
     assert select_size(model_dir, 640) == model_dir
     assert select_size(model_dir, 416) == model_dir / "sizes" / "416"
     assert select_size(model_dir, 320) == model_dir / "sizes" / "320"
-    with pytest.raises(SizeNotFound, match="sizes present: 320, 416, 512, 640"):
+    with pytest.raises(SizeNotFound, match="sizes present: 320, 416, 640"):
         select_size(model_dir, 384)
     with pytest.raises(ValueError, match="single artifact"):
         select_size(model_dir / "model.onnx", 320)
@@ -104,7 +108,7 @@ def test_detect_with_imgsz_uses_the_variant(dataset, model_dir):
     assert out[320] != out[640]  # a different network input gives (slightly) different boxes
     r = subprocess.run([*RIPEYE, "detect", "--imgsz", "384", str(image)], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 2 and "384x384" in r.stderr and "320, 416, 512, 640" in r.stderr
+    assert r.returncode == 2 and "384x384" in r.stderr and "320, 416, 640" in r.stderr
 
 
 def test_eval_with_missing_size_is_a_clear_error(dataset, model_dir):
