@@ -50,12 +50,12 @@ def preflight(new: Config, file: str, old: Optional[Config] = None, model: bool 
     if model and (old is None or (new.model.path, new.model.imgsz) != (old.model.path, old.model.imgsz)):
         from daemon.model import load_bundle, select_size
 
-        key = "model.path"
+        key = "model.imgsz" if new.model.imgsz else "model.path"
         try:
-            chosen = select_size(new.model.path, new.model.imgsz)
-            key = "model.imgsz" if new.model.imgsz else key
-            load_bundle(chosen, allow_rejected=new.model.allow_rejected)
+            chosen = select_size(new.model.path, new.model.imgsz)  # a size not shipped (512 since session 24) is
+            load_bundle(chosen, allow_rejected=new.model.allow_rejected)  # the imgsz key's fault, not the path's
         except (FileNotFoundError, ValueError) as exc:
+            key = "model.path" if not Path(new.model.path).expanduser().exists() else key
             problems.append((key, str(exc)))
     if model and (old is None or new.model.alternatives != old.model.alternatives):
         for name, path in new.model.alternatives.items():

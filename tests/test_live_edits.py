@@ -105,7 +105,8 @@ def test_an_edit_naming_a_missing_file_or_a_malformed_model_keeps_the_last_good_
         good = sub.json("config")[-1]
         edits = [({"mqtt": {"tls_ca_certs": str(tmp_path / "missing-ca.crt")}}, "mqtt.tls_ca_certs"),
                  ({"mqtt": {"username": "u", "password_file": str(tmp_path / "missing-pw")}}, "mqtt.password_file"),
-                 ({"model": {"path": str(bad_model)}}, "model.path")]
+                 ({"model": {"path": str(bad_model)}}, "model.path"),
+                 ({"model": {"imgsz": 512}}, "model.imgsz")]  # a size the folder does not ship (dropped in session 24)
         for sections, key in edits:
             n = len(sub.on("errors"))
             original = path.read_text()
