@@ -87,7 +87,7 @@ class ModelConfig(Strict):
                                                        "refused; 0 = no budget")
     probation_s: float = Field(600, ge=0, description="after a switch, roll back by itself on errors or a collapse "
                                                       "of ripe detections for this long")
-    min_ripe_fraction: float = Field(0.5, ge=0, le=1, description="on probation, ripe detections per minute below "
+    min_ripe_fraction: float = Field(0.5, ge=0, le=1, description="on probation, ripe detections per frame below "
                                                                   "this fraction of the previous model's roll back")
 
 

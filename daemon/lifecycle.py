@@ -377,14 +377,15 @@ class ModelLifecycle:
             raise CommandError(f"model {version} would not load on the running backend; still running "
                                f"{old['version'] if old else 'nothing'}")
         now = time.time()
-        before = [(t, r) for t, v, r in self.ripe if old and v == old["version"] and now - t <= 300]
-        span = now - before[0][0] if before else 0.0
-        baseline = sum(r for _, r in before) / (span / 60) if span >= 10 else None  # the old model, same camera
+        # the old model on the same camera over the last 5 minutes; per frame, so that a slower model, a busy CPU or
+        # a camera dropping frames is not taken for a model that stopped finding fruit
+        baseline, frames, first = self.ripe_per_frame(old["version"] if old else None, now - 300, now)
+        enough = frames >= 10 and now - first >= 10
         with self.lock:
             self.state["previous"] = old
             self.probation = {"version": version, "since": round(now, 3),
                               "until": round(now + self.d.cfg.model.probation_s, 3),
-                              "baseline_ripe_per_min": round(baseline, 1) if baseline is not None else None,
+                              "baseline_ripe_per_frame": round(baseline, 3) if enough else None,
                               "failures_at_switch": self.inference_failures}
         event = {"event": "switched", "version": version, "previous": old["version"] if old else None, "why": why}
         if not announce:
@@ -417,20 +418,27 @@ class ModelLifecycle:
         if failures >= 3:
             self.rollback(f"{failures} inference failures on probation")
             return
-        frames = [r for t, v, r in self.ripe if v == p["version"] and t >= p["since"]]
-        elapsed = now - p["since"]
-        rate = sum(frames) / (elapsed / 60) if elapsed > 0 else 0.0
-        p["ripe_per_min"] = round(rate, 1)
-        baseline = p.get("baseline_ripe_per_min")
-        if baseline and elapsed >= min(60.0, self.d.cfg.model.probation_s / 2) and len(frames) >= 10 and \
+        rate, frames, _ = self.ripe_per_frame(p["version"], p["since"], now)
+        p["ripe_per_frame"] = round(rate, 3)
+        baseline = p.get("baseline_ripe_per_frame")
+        if baseline and now - p["since"] >= min(60.0, self.d.cfg.model.probation_s / 2) and frames >= 10 and \
                 rate < self.d.cfg.model.min_ripe_fraction * baseline:
-            self.rollback(f"ripe detections collapsed on probation: {rate:.1f}/min vs {baseline:.1f}/min before "
-                          f"(below model.min_ripe_fraction {self.d.cfg.model.min_ripe_fraction:g})")
+            self.rollback(f"ripe detections collapsed on probation: {rate:.2f} per frame over {frames} frames vs "
+                          f"{baseline:.2f} before (below model.min_ripe_fraction "
+                          f"{self.d.cfg.model.min_ripe_fraction:g})")
             return
         if now >= p["until"]:
             with self.lock:
                 self.probation = None
-            self._event("confirmed", version=p["version"], ripe_per_min=round(rate, 1))
+            self._event("confirmed", version=p["version"], ripe_per_frame=round(rate, 3))
+
+    def ripe_per_frame(self, version: Optional[str], since: float, until: float) -> tuple[float, int, float]:
+        """Mean ripe (target-class) detections per frame that `version` made between two times, how many frames,
+        and when the first of them was made (`until` when none)."""
+        seen = [(t, r) for t, v, r in list(self.ripe) if v == version and since <= t <= until]
+        if not seen:
+            return 0.0, 0, until
+        return sum(r for _, r in seen) / len(seen), len(seen), seen[0][0]
 
     # ---- thread ---------------------------------------------------------------------------------------------------
     def start(self) -> None:

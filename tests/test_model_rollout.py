@@ -380,3 +380,43 @@ def test_only_the_last_model_keep_versions_stay_and_never_the_active_or_previous
     life.state["previous"] = None
     life._prune()
     assert sorted(p.name for p in root.iterdir()) == ["downloads", "v3", "v4"]
+
+
+def test_probation_counts_ripe_detections_per_frame_not_per_minute(tmp_path, monkeypatch):
+    """A new model that runs at a quarter of the frame rate (a slower model, a busy CPU, a camera dropping frames) but
+    finds as much fruit per frame is kept and confirmed; one that finds a tenth of it per frame is rolled back.
+    The bookkeeping alone: no daemon, no broker (the end-to-end rollbacks are the tests above and test_fleet)."""
+    from types import SimpleNamespace
+
+    from daemon.config import Config
+    from daemon.lifecycle import ModelLifecycle
+
+    cfg = Config.model_validate({"state_dir": str(tmp_path), "model": {"probation_s": 20}, "mqtt": {"enabled": False}})
+    life = ModelLifecycle(SimpleNamespace(cfg=cfg, detector=None))
+    events, rollbacks = [], []
+    monkeypatch.setattr(life, "_use", lambda *a, **k: True)
+    monkeypatch.setattr(life, "describe", lambda: {"active": {"version": "old", "path": str(tmp_path / "old")}})
+    monkeypatch.setattr(life, "_event", lambda kind, **fields: events.append((kind, fields)))
+    monkeypatch.setattr(life, "rollback", rollbacks.append)
+    now = time.time()
+    life.ripe.extend((now - 30 + i / 4, "old", 2) for i in range(120))  # 4 fps for 30 s, 2 ripe a frame
+
+    def probation_of(version, fps, ripe_of_frame):
+        life.switch(tmp_path / version, version, "test")
+        p = life.probation
+        assert p["baseline_ripe_per_frame"] == 2.0
+        t0 = time.time()
+        p["since"], p["until"] = t0 - 30, t0 + 60  # 30 s into a probation that lasts another minute
+        life.ripe.extend((p["since"] + i / fps, version, ripe_of_frame(i)) for i in range(int(30 * fps)))
+        life.check_probation()
+        return p
+
+    slow = probation_of("slow", 1, lambda i: 2)  # 60 ripe a minute against the old 480: per minute a collapse
+    assert rollbacks == [] and slow["ripe_per_frame"] == 2.0
+    slow["until"] = time.time() - 1
+    life.check_probation()
+    assert events[-1] == ("confirmed", {"version": "slow", "ripe_per_frame": 2.0}) and life.probation is None
+
+    life.ripe.extend((time.time() - 1 + i / 100, "old", 2) for i in range(10))  # "old" active again as the baseline
+    probation_of("bad", 4, lambda i: 2 if i % 10 == 0 else 0)  # as many frames, a tenth of the fruit on them
+    assert len(rollbacks) == 1 and "collapsed" in rollbacks[0] and "0.20 per frame" in rollbacks[0], rollbacks
